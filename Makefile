@@ -1,0 +1,19 @@
+# The two commands of this project (see README): `make demo` and `make test`.
+# Both create / update the virtualenv themselves (tools/bootstrap.sh; variables: VENV, TORCH_SPEC, SYSTEM_SITE).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -q
+
+.PHONY: setup demo test clean
+
+setup:
+	@VENV=$(VENV) tools/bootstrap.sh
+
+demo: setup
+	$(PY) -m maeast_fairseq.cli.demo --out runs/demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs outputs .pytest_cache

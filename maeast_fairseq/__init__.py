@@ -1,0 +1,23 @@
+"""maeast-fairseq: self-supervised audio spectrogram transformers (MAE-AST, EAT, SSAST) as one fairseq plugin.
+
+The pure-torch core (``maeast_fairseq.audio``, ``.fbank``, ``.frontend``, ``.core``) imports nothing from fairseq.
+The fairseq shell (``.tasks``, ``.models``, ``.criterions``, ``.data.fbank_dataset``) is registered when this package
+is loaded as a fairseq user dir (``--user-dir maeast_fairseq`` / ``common.user_dir=...``), or explicitly with
+:func:`register`.
+"""
+import sys
+
+__version__ = "0.1.0"
+
+
+def register() -> None:
+    """Import the fairseq task / model / criterion modules so their names get registered (imports fairseq)."""
+    from .criterions import masked_recon_nce  # noqa: F401
+    from .models import mae_ast  # noqa: F401
+    from .tasks import pretraining  # noqa: F401
+
+
+# fairseq's import_user_module imports this package after fairseq itself: register then. A process that never
+# imported fairseq (the embedding API, the tests of the core) does not pay for it and never imports it.
+if "fairseq" in sys.modules:
+    register()

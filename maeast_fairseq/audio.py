@@ -1,0 +1,253 @@
+"""Audio loading and band-limited resampling (torch + soundfile + numpy only).
+
+No fairseq and no torchaudio here: torchaudio's Linux wheels are CUDA-linked and
+newer versions cannot load audio any more (see STACK.md), so files are read with
+``soundfile`` (libsndfile: WAV, FLAC, OGG, MP3 ...) and resampled with the
+windowed-sinc polyphase resampler below.
+
+Conventions (those of the seeds): audio is float in ``[-1, 1]`` as soundfile returns
+it (no int16 scaling), channels are averaged to mono, and the clip is resampled to
+the model rate (16 kHz) when the file has another rate.  The waveform mean is *not*
+removed here; SSAST/EAT's mean removal belongs to the dataset.
+
+Resampler
+---------
+``resample(wav, orig_sr, new_sr)`` reduces the two rates by their gcd
+(``orig -> new``, e.g. 44100 -> 16000 becomes 441 -> 160) and computes every output
+sample as a dot product of the input with an ideal low-pass (sinc) kernel
+centred at the output instant, cut off at ``rolloff * min(orig_sr, new_sr) / 2``
+and truncated to ``lowpass_filter_width`` zero crossings on each side by a Kaiser
+window (beta 8.6, ~85 dB stop-band attenuation; ``window="hann"`` is available
+too).  Since output sample ``q * new + i`` is at input position
+``q * orig + i * orig / new``, the ``new`` distinct phases form a
+``(new, 1, K)`` filter bank applied by one strided ``conv1d`` (stride ``orig``):
+output channel ``i`` of conv step ``q`` is output sample ``q * new + i``.
+The signal is taken as zero outside ``[0, n)``; the output has
+``ceil(n * new_sr / orig_sr)`` samples.  Kernels are cached per
+``(orig, new, width, rolloff, window, beta, device, dtype)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AudioError", "load_audio", "audio_info", "resample", "num_resampled", "resample_kernel"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the fix."""
+
+
+def _soundfile():
+    # Imported lazily so that ``resample`` works where soundfile is not installed (GPU hosts).
+    try:
+        import soundfile
+    except ImportError as err:  # pragma: no cover - soundfile is a declared dependency
+        raise ImportError(f"reading audio files needs soundfile: `pip install soundfile` ({err})") from err
+    return soundfile
+
+
+# -------------------------------------------------------------------------------------------------
+# Files
+# -------------------------------------------------------------------------------------------------
+
+
+def _check_exists(path: PathLike) -> str:
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise AudioError(
+            f"audio file not found: {p!r}. Fix: check the path (for manifests: the root directory on the "
+            "first line plus the relative path) or regenerate the manifest."
+        )
+    if os.path.isdir(p):
+        raise AudioError(f"audio path is a directory, not a file: {p!r}. Fix: point to an audio file.")
+    return p
+
+
+def _unreadable(p: str, err: Exception) -> AudioError:
+    return AudioError(
+        f"cannot read audio file {p!r}: {err}. Fix: make sure it is a complete audio file in a format "
+        "libsndfile reads (WAV, FLAC, OGG, MP3), e.g. convert it with `ffmpeg -i IN -ar 16000 OUT.flac`, "
+        "or drop it from the manifest."
+    )
+
+
+def audio_info(path: PathLike) -> Tuple[int, int, int]:
+    """``(num_samples, sample_rate, channels)`` of an audio file, from its header."""
+    p = _check_exists(path)
+    sf = _soundfile()
+    try:
+        info = sf.info(p)
+    except Exception as err:  # soundfile raises LibsndfileError (a RuntimeError) or TypeError
+        raise _unreadable(p, err) from err
+    if info.frames <= 0:
+        raise AudioError(f"audio file is empty (0 samples): {p!r}. Fix: remove it from the manifest.")
+    return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+def load_audio(
+    path: PathLike,
+    target_sr: Optional[int] = 16000,
+    *,
+    mono: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Read an audio file as float in ``[-1, 1]``, average channels, resample to ``target_sr``.
+
+    Returns ``(samples,)`` with ``mono=True`` (the default) and ``(channels, samples)``
+    otherwise.  ``target_sr=None`` keeps the file's rate.  Raises :class:`AudioError`
+    for a missing, unreadable or empty file.
+    """
+    p = _check_exists(path)
+    read_dtype = "float64" if dtype == torch.float64 else "float32"
+    sf = _soundfile()
+    try:
+        data, sr = sf.read(p, dtype=read_dtype, always_2d=True)  # (frames, channels)
+    except Exception as err:
+        raise _unreadable(p, err) from err
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioError(f"audio file is empty (0 samples): {p!r}. Fix: remove it from the manifest.")
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, samples)
+    if mono:
+        wav = wav.mean(dim=0)
+    if target_sr is not None and int(sr) != int(target_sr):
+        wav = resample(wav, int(sr), int(target_sr))
+    return wav.to(dtype)
+
+
+# -------------------------------------------------------------------------------------------------
+# Resampling
+# -------------------------------------------------------------------------------------------------
+
+_KAISER_BETA = 8.6
+_MAX_KERNEL_ELEMENTS = 1 << 24  # 16M taps: beyond that the rates are not reducible enough
+_KERNEL_CACHE: "OrderedDict[tuple, Tuple[torch.Tensor, int]]" = OrderedDict()
+_KERNEL_CACHE_SIZE = 32
+
+
+def _as_rate(sr: Union[int, float], name: str) -> int:
+    if isinstance(sr, float) and not sr.is_integer():
+        raise ValueError(f"resample: {name}={sr} must be a whole number of Hz")
+    sr = int(sr)
+    if sr <= 0:
+        raise ValueError(f"resample: {name}={sr} must be positive")
+    return sr
+
+
+def num_resampled(n: int, orig_sr: int, new_sr: int) -> int:
+    """Number of samples ``resample`` returns for ``n`` input samples: ``ceil(n * new / orig)``."""
+    orig_sr, new_sr = _as_rate(orig_sr, "orig_sr"), _as_rate(new_sr, "new_sr")
+    return -((-int(n) * new_sr) // orig_sr)
+
+
+def resample_kernel(
+    orig_sr: int,
+    new_sr: int,
+    *,
+    lowpass_filter_width: int = 16,
+    rolloff: float = 0.99,
+    window: str = "kaiser",
+    beta: float = _KAISER_BETA,
+    device: Union[str, torch.device, None] = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tuple[torch.Tensor, int]:
+    """The ``(new, 1, K)`` polyphase filter bank for gcd-reduced rates and its half-width.
+
+    ``kernel[i, 0, m]`` weighs input sample ``q * orig - width + m`` for output sample
+    ``q * new + i``.  Built in float64, cast to ``dtype``.
+    """
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (orig, new, int(lowpass_filter_width), float(rolloff), window, float(beta), device, dtype)
+    hit = _KERNEL_CACHE.get(key)
+    if hit is not None:
+        _KERNEL_CACHE.move_to_end(key)
+        return hit
+    if lowpass_filter_width < 1:
+        raise ValueError(f"resample: lowpass_filter_width={lowpass_filter_width} must be >= 1")
+    if not 0.0 < rolloff <= 1.0:
+        raise ValueError(f"resample: rolloff={rolloff} must be in (0, 1]")
+    # Cut-off (as a fraction of the input rate) and kernel half-width in input samples.
+    cutoff = min(orig, new) * rolloff / orig  # = 2 * f_c / orig_sr
+    width = math.ceil(lowpass_filter_width / cutoff)
+    taps = orig + 2 * width
+    if new * taps > _MAX_KERNEL_ELEMENTS:
+        raise ValueError(
+            f"resample: {orig_sr} -> {new_sr} Hz needs a {new}x{taps} filter bank (rates share only gcd {g}). "
+            "Fix: resample through a common rate, or use rates with a large common divisor (e.g. 16000, 44100, 48000)."
+        )
+    m = torch.arange(taps, dtype=torch.float64)
+    phase = torch.arange(new, dtype=torch.float64) * (orig / new)
+    d = m.unsqueeze(0) - width - phase.unsqueeze(1)  # (new, taps): offset from output instant, input samples
+    half = lowpass_filter_width / cutoff  # window half-length
+    inside = d.abs() <= half
+    u = (d / half).clamp(-1.0, 1.0)
+    if window == "kaiser":
+        w = torch.special.i0(beta * torch.sqrt(1.0 - u * u)) / torch.special.i0(torch.tensor(beta, dtype=torch.float64))
+    elif window == "hann":
+        w = torch.cos(0.5 * math.pi * u) ** 2
+    else:
+        raise ValueError(f"resample: window={window!r}; choose 'kaiser' or 'hann'")
+    h = cutoff * torch.sinc(cutoff * d) * w * inside
+    kernel = h.to(device=device, dtype=dtype).unsqueeze(1).contiguous()
+    _KERNEL_CACHE[key] = (kernel, width)
+    while len(_KERNEL_CACHE) > _KERNEL_CACHE_SIZE:
+        _KERNEL_CACHE.popitem(last=False)
+    return kernel, width
+
+
+def resample(
+    wav: torch.Tensor,
+    orig_sr: int,
+    new_sr: int,
+    *,
+    lowpass_filter_width: int = 16,
+    rolloff: float = 0.99,
+    window: str = "kaiser",
+    beta: float = _KAISER_BETA,
+) -> torch.Tensor:
+    """Band-limited resampling of ``wav`` (``(..., n)``) from ``orig_sr`` to ``new_sr`` Hz.
+
+    Returns ``(..., ceil(n * new_sr / orig_sr))`` on ``wav``'s device and dtype
+    (float types; integer input is converted to float32).  ``wav`` itself is
+    returned when the rates are equal.  See the module docstring for the filter.
+    """
+    orig_sr, new_sr = _as_rate(orig_sr, "orig_sr"), _as_rate(new_sr, "new_sr")
+    if orig_sr == new_sr:
+        return wav
+    if not wav.is_floating_point():
+        wav = wav.float()
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    kernel, width = resample_kernel(
+        orig_sr,
+        new_sr,
+        lowpass_filter_width=lowpass_filter_width,
+        rolloff=rolloff,
+        window=window,
+        beta=beta,
+        device=wav.device,
+        dtype=wav.dtype,
+    )
+    shape = wav.shape
+    n = shape[-1]
+    n_out = num_resampled(n, orig_sr, new_sr)
+    if n_out == 0 or wav.numel() == 0:
+        return wav.new_zeros(*shape[:-1], n_out)
+    x = wav.reshape(-1, 1, n)
+    steps = -(-n_out // new)  # conv output positions needed
+    right = (steps - 1) * orig + kernel.shape[-1] - width - n
+    x = F.pad(x, (width, right))
+    y = F.conv1d(x, kernel, stride=orig)  # (batch, new, steps)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, :n_out]
+    return y.reshape(*shape[:-1], n_out)

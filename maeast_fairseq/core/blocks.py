@@ -1,0 +1,192 @@
+"""Transformer building blocks shared by SSAST, MAE-AST and EAT (pure torch).
+
+One block class covers the three encoders; the differences are parameters:
+
+* ``norm_first=True``  -> pre-LN (timm ViT / DeiT, used by SSAST):
+  ``x = x + attn(LN1(x)); x = x + ffn(LN2(x))`` and a final LayerNorm after the stack.
+* ``norm_first=False`` -> post-LN (fairseq wav2vec 2.0 layers used by MAE-AST, data2vec ``AltBlock`` used by EAT):
+  ``x = LN1(x + attn(x)); x = LN2(x + ffn(x))`` and a LayerNorm on the *input* of the stack.
+
+Every block also returns the FFN output before its residual add (``ffn_out``), the per-layer target of EAT/data2vec.
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on
+GPU); a key padding mask (True = padding) is turned into a boolean attention mask.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of a sample with probability ``p`` (training only)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def attention_mask_from_padding(padding_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(B, L) bool, True = padding  ->  (B, 1, 1, L) bool, True = may attend (SDPA convention)."""
+    if padding_mask is None or not bool(padding_mask.any()):
+        return None
+    return (~padding_mask)[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, attention_dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by the number of heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attention_dropout = attention_dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, *, activation_dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.activation_dropout = nn.Dropout(activation_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_dropout(F.gelu(self.fc1(x))))
+
+
+class TransformerBlock(nn.Module):
+    """One transformer layer, pre-LN or post-LN. ``forward`` returns ``(x, ffn_out)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        *,
+        norm_first: bool,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, attention_dropout=attention_dropout)
+        self.ffn = FeedForward(dim, ffn_dim, activation_dropout=activation_dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.norm_first:
+            x = x + self.drop_path(self.dropout(self.attn(self.norm1(x), attn_mask)))
+            ffn_out = self.dropout(self.ffn(self.norm2(x)))
+            return x + self.drop_path(ffn_out), ffn_out
+        x = self.norm1(x + self.drop_path(self.dropout(self.attn(x, attn_mask))))
+        ffn_out = self.dropout(self.ffn(x))
+        return self.norm2(x + self.drop_path(ffn_out)), ffn_out
+
+
+class TransformerStack(nn.Module):
+    """A stack of :class:`TransformerBlock` with the norm placement of its family.
+
+    post-LN: ``LayerNorm`` on the input, then the blocks (MAE-AST, EAT);  pre-LN: blocks then a final ``LayerNorm``
+    (SSAST). ``layerdrop`` skips whole layers in training (MAE-AST uses 0.05); ``drop_path`` rises linearly from 0 to
+    the given rate over the depth (used in fine-tuning).
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        *,
+        norm_first: bool,
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        layerdrop: float = 0.0,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.norm_first = norm_first
+        self.layerdrop = layerdrop
+        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                dim, num_heads, ffn_dim, norm_first=norm_first, qkv_bias=qkv_bias, dropout=dropout,
+                attention_dropout=attention_dropout, activation_dropout=activation_dropout, drop_path=r,
+                norm_eps=norm_eps,
+            )
+            for r in rates
+        )
+        self.input_norm = None if norm_first else nn.LayerNorm(dim, eps=norm_eps)
+        self.final_norm = nn.LayerNorm(dim, eps=norm_eps) if norm_first else None
+        self.input_dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        *,
+        return_hidden: bool = False,
+        return_ffn: bool = False,
+    ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """x: (B, L, D); padding_mask: (B, L) True = padding. Returns (out, hidden_states, ffn_outputs).
+
+        ``hidden_states`` (if asked) holds the stack input followed by every layer's output (L+1 tensors; SUPERB's
+        weighted sum uses them); ``ffn_outputs`` (if asked) holds every layer's FFN output before the residual.
+        """
+        attn_mask = attention_mask_from_padding(padding_mask)
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        x = self.input_dropout(x)
+        hidden, ffn = ([x] if return_hidden else []), []
+        for block in self.blocks:
+            if self.training and self.layerdrop > 0 and torch.rand(()).item() < self.layerdrop:
+                continue
+            x, f = block(x, attn_mask)
+            if return_hidden:
+                hidden.append(x)
+            if return_ffn:
+                ffn.append(f)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            if return_hidden:
+                hidden[-1] = x
+        return x, hidden, ffn
+
+
+def init_bert_params(module: nn.Module, std: float = 0.02) -> None:
+    """BERT/fairseq initialisation: Linear and Embedding weights ~ N(0, std), biases 0 (MAE-AST, EAT)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)

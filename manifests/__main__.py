@@ -1,0 +1,7 @@
+"""``python -m manifests`` = ``maeast-manifest``."""
+
+import sys
+
+from manifests.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """24 synthetic clips (1.5-3 s, mixed rates / channels) + train/valid manifests (fixed: seed 0)."""
+    from maeast_fairseq.data.synthetic import make_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    audio = root / "audio"
+    make_corpus(str(audio), n_clips=24, seed=0)
+    data = root / "data"
+    subprocess.run(
+        [sys.executable, "-m", "manifests", str(audio), "--dest", str(data), "--ext", "wav",
+         "--valid-percent", "0.25", "--seed", "1", "--labels-from", "parent"],
+        check=True, capture_output=True, text=True,
+    )
+    return data
+
+
+def fairseq_env():
+    env = dict(os.environ)
+    env["MAEAST_USER_DIR"] = os.path.join(REPO, "maeast_fairseq")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env["HYDRA_FULL_ERROR"] = "1"
+    return env
+
+
+def console(name: str) -> str:
+    """Path of a console script installed next to this interpreter."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.exists(path):
+        pytest.fail(f"{name} is not installed next to {sys.executable}; run `make test` (it installs the stack)")
+    return path
