@@ -573,3 +573,17 @@ def test_masks_under_autocast_and_no_global_rng_use():
         r = random_mask(rng, 4, 512, 0.75)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert m.sum(1).eq(384).all() and e.sum(1).eq(410).all() and r.sum(1).eq(384).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_masks_identical_to_cpu():
+    ids = torch.arange(12)
+    for fn in list(REPRO.values()) + [_multi_eat]:
+        cpu = fn(MaskRNG.from_ids(5, 1, ids))
+        gpu = fn(MaskRNG.from_ids(5, 1, ids.cuda()))
+        assert gpu.device.type == "cuda" and torch.equal(cpu, gpu.cpu())
+    pad = torch.zeros(12, 512, dtype=torch.bool)
+    pad[3, 300:] = True
+    cpu = cluster_mask(MaskRNG.from_ids(5, 1, ids), (64, 8), 0.75, padding_mask=pad)
+    gpu = cluster_mask(MaskRNG.from_ids(5, 1, ids.cuda()), (64, 8), 0.75, padding_mask=pad.cuda())
+    assert torch.equal(cpu, gpu.cpu())

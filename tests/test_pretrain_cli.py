@@ -81,3 +81,29 @@ def test_fairseq_train_user_dir(overfit_set, tmp_path):
     assert (ckpt / "checkpoint_last.pt").is_file()
     log2 = run([c if c != "60" else "65" for c in cmd], cwd=tmp_path)
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 60 updates\)", log2), log2[-3000:]
+
+
+DDP_ARGS = [
+    "distributed_training.distributed_world_size=2", "distributed_training.distributed_backend=gloo",
+    "distributed_training.distributed_init_method=env://", "distributed_training.distributed_no_spawn=true",
+    "distributed_training.distributed_rank=${oc.env:RANK}", "distributed_training.device_id=${oc.env:LOCAL_RANK}",
+]
+
+
+def test_two_process_cpu_training_with_torchrun_and_resume(overfit_set, tmp_path):
+    """The README's torchrun command: 2 CPU processes over gloo train, checkpoint and resume."""
+    ckpt = tmp_path / "ckpt"
+    base = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=2",
+            console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples/pretrain"),
+            "--config-name", "mae_ast_patch_tiny", f"task.data={overfit_set / 'data'}",
+            f"checkpoint.save_dir={ckpt}", f"hydra.run.dir={tmp_path / 'hydra'}", "dataset.batch_size=4",
+            "common.log_interval=1", "optimization.max_update=10"] + DDP_ARGS
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # fairseq's own resume path pickles its config
+    try:
+        log = run(base, cwd=tmp_path)
+        assert "distributed init (rank 1)" in log
+        assert max(u for u, _ in losses(log)) == 10
+        log2 = run(base[:-len(DDP_ARGS) - 1] + ["optimization.max_update=12"] + DDP_ARGS, cwd=tmp_path)
+        assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 10 updates\)", log2), log2[-3000:]
+    finally:
+        os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)

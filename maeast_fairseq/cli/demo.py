@@ -3,6 +3,7 @@ features extracted from the checkpoint without fairseq. Every step prints what i
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="mae_ast_patch_tiny", help="config in examples/pretrain")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
+    for sub in ("audio", "data", "checkpoints", "hydra"):  # a fresh run each time (no resume of an old demo)
+        shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
 
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
            "--config-dir", os.path.join(REPO, "examples", "pretrain"), "--config-name", args.config,
            f"task.data={os.path.join(out, 'data')}", f"checkpoint.save_dir={ckpt_dir}",
            f"hydra.run.dir={os.path.join(out, 'hydra')}", f"optimization.max_update={args.updates}",
-           "checkpoint.save_interval_updates=100", "common.log_interval=25", "checkpoint.reset_optimizer=false"]
+           "checkpoint.save_interval_updates=100", "common.log_interval=25"]
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)
 

@@ -173,18 +173,20 @@ def cluster_mask(
     Placement: the top-left ``(t0, f0)`` is uniform over ``[-(c-1), E_t-1] x [-(c-1), E_f-1]`` (``E`` = the
     row's extent: grid size, or last non-padded index + 1), i.e. every ``c x c`` window that intersects the
     grid is equally likely and is clipped to it.  Each cell is then covered by the same number of windows,
-    so the per-position masking probability is flat.  (Drawing the top-left only inside the grid, as the
-    official codes do, covers cells near index 0 of an axis by fewer windows: on the 8-wide frequency axis
-    at 75 % that masks frequency row 0 ~39 % of the time against ~85 % for the middle rows.)
+    so the per-position masking probability is flat.  (Drawing the top-left only inside the grid — which is
+    what SSAST does along frequency — covers cells near index 0 of an axis by fewer windows: with 2-D
+    clipping on the 8-wide frequency axis at 75 % that masks frequency row 0 ~39 % of the time against ~85 %
+    for the middle rows.)
 
     Vectorised form: ``K`` candidate clusters are drawn per row at once (``K = num_candidates`` or
     ``ceil(2 * T * ln(1 / (1 - p)) / a) + 16`` with ``a`` the smallest expected in-grid cluster area: ``n``
     random windows cover about ``1 - exp(-n a / T)`` of the grid, so this is twice the number needed and the
-    union reaches the count with overwhelming probability — 219 at 64x8, p=0.75, sizes 3-5); each cell's priority is the index of the
-    first cluster covering it (a scatter-``amin``), ties broken by per-cell random bits, and the
-    ``num_masked`` valid cells with the lowest priority are masked.  Cells no candidate covers get priority
-    ``K``, so if the union is still short the remainder is filled uniformly at random among the uncovered
-    valid cells; counts are always exact.
+    union reaches the count with overwhelming probability: K = 220 at 64x8, p = 0.75, sizes 3-5, and no
+    fallback was seen in 10,000 rows); each cell's priority is the index of the first cluster covering it
+    (a scatter-``amin``), ties broken by per-cell random bits, and the ``num_masked`` valid cells with the
+    lowest priority are masked.  Cells no candidate covers get priority ``K``, so if the union is still
+    short the remainder is filled uniformly at random among the uncovered valid cells; counts are always
+    exact.
 
     Deliberate differences from the official codes (documented decisions, not bugs we replicate):
 
@@ -307,8 +309,10 @@ def inverse_block_mask(
     5x5); each centre keeps a ``bh x bw`` block (time offsets ``-(bh//2) .. (bh-1)//2``, same in frequency)
     whose indices are CLAMPED to the grid, so near the 8-wide frequency edge a block collapses onto the edge
     columns (as EAT does; with ``padding_mask`` the clamp is to the row's extent, i.e. its last non-padded
-    time / frequency index, so trailing padding behaves like the end of the clip); then exactly ``num_kept`` kept cells are forced (random kept cells dropped if
-    too many, uniformly random other valid cells added if too few) and ``masked = valid & ~kept``.
+    time / frequency index, so trailing padding behaves like the end of the clip); then exactly
+    ``num_kept`` kept cells are forced (random kept cells dropped if too many, uniformly random other valid
+    cells added if too few — same distribution as EAT's ``torch.multinomial`` fix-up) and
+    ``masked = valid & ~kept``.  The centre count uses EAT's float expression and truncation.
 
     ``block`` is ``(bh, bw)`` = (time, freq) patches, an int (square), or a list of shapes from which each
     row draws one uniformly (EAT ``flexible_mask``: ``[(6, 4), (5, 5), (8, 3)]``).
@@ -342,13 +346,16 @@ def inverse_block_mask(
     oh = torch.arange(mh, device=dev).view(1, 1, mh, 1)
     ow = torch.arange(mw, device=dev).view(1, 1, 1, mw)
     if padding_mask is None:
-        hi_t, hi_f = n_t - 1, n_f - 1
+        hi_t = torch.full((B,), n_t - 1, dtype=torch.long, device=dev)
+        hi_f = torch.full((B,), n_f - 1, dtype=torch.long, device=dev)
     else:  # clamp to the row's extent (last valid index), so trailing padding behaves like the clip's end
         vg = valid.view(B, n_t, n_f)
-        hi_t = torch.where(vg.any(dim=2), torch.arange(n_t, device=dev), 0).amax(dim=1).view(B, 1, 1, 1)
-        hi_f = torch.where(vg.any(dim=1), torch.arange(n_f, device=dev), 0).amax(dim=1).view(B, 1, 1, 1)
-    t = torch.minimum((tc.view(B, n_max, 1, 1) + oh - (bh // 2).view(B, 1, 1, 1)).clamp(min=0), torch.as_tensor(hi_t, device=dev))
-    f = torch.minimum((fc.view(B, n_max, 1, 1) + ow - (bw // 2).view(B, 1, 1, 1)).clamp(min=0), torch.as_tensor(hi_f, device=dev))
+        hi_t = torch.where(vg.any(dim=2), torch.arange(n_t, device=dev), 0).amax(dim=1)
+        hi_f = torch.where(vg.any(dim=1), torch.arange(n_f, device=dev), 0).amax(dim=1)
+    t = tc.view(B, n_max, 1, 1) + oh - (bh // 2).view(B, 1, 1, 1)
+    f = fc.view(B, n_max, 1, 1) + ow - (bw // 2).view(B, 1, 1, 1)
+    t = torch.minimum(t.clamp(min=0), hi_t.view(B, 1, 1, 1))
+    f = torch.minimum(f.clamp(min=0), hi_f.view(B, 1, 1, 1))
     active = (
         (torch.arange(n_max, device=dev).view(1, n_max, 1, 1) < n_centres.view(B, 1, 1, 1))
         & (oh < bh.view(B, 1, 1, 1))
@@ -409,6 +416,7 @@ def gather_visible(
         ``vis_padding (B, L)`` bool: True for those extra slots — attention must ignore them;
         ``ids_restore (B, T)``: slot of each original token in the visible-first permutation (MAE convention:
         token ``t`` is visible iff ``ids_restore[b, t] < n_visible[b]``).
+    Computing ``L`` needs one host read (``n_vis.max()``), as any variable-length gather does.
     """
     B, T = mask.shape
     visible = ~mask.to(torch.bool)

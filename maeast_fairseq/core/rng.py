@@ -11,13 +11,12 @@ Element indices are hashed *per dimension* (a value depends on its multi-index, 
 so a value drawn with shape ``(n_time, n_freq)`` at ``(t, f)`` does not change when ``n_time`` changes:
 masks of clips padded to different batch lengths stay the same where that matters.
 
-Pure torch; no global RNG state is read or written (except by :meth:`MaskRNG.from_generator`, which only
-reads the generator it is given).
+Pure torch; no global RNG state is read or written (except by :meth:`MaskRNG.from_generator`, which draws
+the keys from the generator it is given, or from the global CPU generator when given None).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Union
 
 import torch
@@ -25,7 +24,6 @@ import torch
 __all__ = ["MaskRNG", "hash32"]
 
 _M32 = 0xFFFFFFFF
-_GOLDEN = 0x9E3779B9
 # distinct salts so that keys / streams / dimensions / clone indices can never alias one another
 _SALT_SEED = 0x243F6A88
 _SALT_EPOCH = 0x85A308D3
@@ -38,14 +36,17 @@ _SALT_FOLD = 0xEC4E6C89
 _SALT_DIMS = (0x452821E6, 0x38D01377, 0xBE5466CF, 0x34E90C6C, 0xC0AC29B7, 0xC97C50DD, 0x3F84D5B5, 0xB5470917)
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` without int64 overflow (16-bit split of ``c``)."""
+def _mul32(x, c: int):
+    """``(x * c) mod 2**32`` for ``0 <= x < 2**32`` without int64 overflow (16-bit split of ``c``).
+
+    Works on int64 tensors and on python ints (same values), like the other helpers below.
+    """
     c_lo = c & 0xFFFF
     c_hi = (c >> 16) & 0xFFFF
     return (x * c_lo + (((x * c_hi) & 0xFFFF) << 16)) & _M32
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
+def _mix32(x):
     """A strong 32-bit integer finaliser (xor-shift / multiply, 'lowbias32' constants); bijective on 2**32."""
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
@@ -55,7 +56,7 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _absorb(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _absorb(h, v):
     """Absorb the 32-bit value ``v`` into the 32-bit state ``h`` (bijective in ``v`` for fixed ``h``)."""
     return _mix32(h ^ _mix32(v))
 
@@ -106,15 +107,14 @@ class MaskRNG:
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.dim() == 0:
             ids = ids.view(1)
-        dev = ids.device
         seed = int(seed)
         epoch = int(epoch)
         id_lo, id_hi = _split64(ids)
-        h = _absorb(torch.tensor(seed & _M32, dtype=torch.long, device=dev), torch.tensor(_SALT_SEED, device=dev))
-        h = _absorb(h, torch.tensor(((seed >> 32) & _M32) ^ _SALT_SEED, dtype=torch.long, device=dev))
-        h = _absorb(h, torch.tensor((epoch & _M32) ^ _SALT_EPOCH, dtype=torch.long, device=dev))
-        h = _absorb(h, torch.tensor(((epoch >> 32) & _M32) ^ _SALT_EPOCH, dtype=torch.long, device=dev))
-        h = _absorb(h, id_lo ^ _SALT_ID_LO)
+        h = _absorb(seed & _M32, _SALT_SEED)  # python ints: no device tensors for the scalar part
+        h = _absorb(h, ((seed >> 32) & _M32) ^ _SALT_SEED)
+        h = _absorb(h, (epoch & _M32) ^ _SALT_EPOCH)
+        h = _absorb(h, ((epoch >> 32) & _M32) ^ _SALT_EPOCH)
+        h = _absorb(torch.full_like(id_lo, h), id_lo ^ _SALT_ID_LO)
         h = _absorb(h, id_hi ^ _SALT_ID_HI)
         lo = h
         hi = _absorb(h, torch.full_like(h, _SALT_KEY_HI))
@@ -155,8 +155,7 @@ class MaskRNG:
     def _row_state(self, stream: int) -> torch.Tensor:
         lo, hi = _split64(self.keys)
         h = _absorb(lo, hi ^ _SALT_KEY_HI)
-        s = torch.tensor(stream & _M32, dtype=torch.long, device=self.device)
-        return _absorb(h, s ^ _SALT_STREAM)  # (B,)
+        return _absorb(h, (stream & _M32) ^ _SALT_STREAM)  # (B,)
 
     # ------------------------------------------------------------------ draws
     def bits(self, *shape: int) -> torch.Tensor:
@@ -202,7 +201,7 @@ class MaskRNG:
         s = self._next_stream()
         lo, hi = _split64(self.keys)
         h = _absorb(lo, hi ^ _SALT_KEY_HI)
-        h = _absorb(h, torch.tensor((s & _M32) ^ _SALT_CLONE, dtype=torch.long, device=self.device))
+        h = _absorb(h, (s & _M32) ^ _SALT_CLONE)
         c = torch.arange(n, dtype=torch.long, device=self.device)
         h = _absorb(h[:, None], (c ^ _SALT_CLONE)[None, :]).reshape(-1)  # (B*n,), row-major = b*n + c
         new_lo = h
@@ -224,5 +223,5 @@ class MaskRNG:
         lo, hi = _split64(self.keys)
         per_row = _absorb(lo, hi ^ _SALT_FOLD)
         total = per_row.sum() & _M32  # order-independent; sum of < 2**32 values fits int64 for any batch
-        h = _absorb(total.view(1), torch.tensor([self.batch ^ _SALT_FOLD], dtype=torch.long, device=self.device))
+        h = _absorb(total.view(1), (self.batch & _M32) ^ _SALT_FOLD)
         return MaskRNG(_join_key(h, _absorb(h, torch.full_like(h, _SALT_KEY_HI))), self.stream)

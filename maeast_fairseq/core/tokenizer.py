@@ -73,14 +73,14 @@ class Tokenizer:
     def token_padding(self, frame_padding: Optional[torch.Tensor], n_time: int) -> Optional[torch.Tensor]:
         """(B, T) frame padding (True = pad) -> (B, N) token padding.
 
-        A token is padding when *all* its frames are padding; a token holding at least one real frame stays valid
-        (no real audio is hidden from the encoder).
+        A token is valid only when all its frames are real: a clip's tokens in a padded batch are then exactly the
+        tokens it has alone (the trailing partial patch is dropped in both cases), so batching changes nothing.
         """
         if frame_padding is None:
             return None
         valid_frames = (~frame_padding).sum(1)  # (B,)
         starts = torch.arange(n_time, device=frame_padding.device) * self.stride_time
-        pad_t = starts[None, :] >= valid_frames[:, None]  # (B, n_time)
+        pad_t = starts[None, :] + self.patch_time > valid_frames[:, None]  # (B, n_time)
         if self.token_order == "time_major":
             pad = pad_t[:, :, None].expand(-1, -1, self.n_freq)
         else:
