@@ -151,6 +151,11 @@ class MaeAst(nn.Module):
             "padding_mask": token_padding,
         }
 
+    def paper_parameter_count(self) -> Dict[str, int]:
+        """The count the papers quote (EAT's table lists MAE-AST at 86M): what is kept downstream."""
+        n = sum(p.numel() for m in (self.patch_embed, self.encoder) for p in m.parameters())
+        return {"encoder + patch embedding (kept downstream; paper: 86M)": n}
+
     # -- downstream -----------------------------------------------------------------------------------------------
     def extract_features(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None) -> Dict:
         """Encoder on all tokens (no masking): ``x`` (B, N, D), ``hidden_states`` (L+1 tensors), ``padding_mask``."""
