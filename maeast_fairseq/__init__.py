@@ -14,6 +14,7 @@ def register() -> None:
     """Import the fairseq task / model / criterion modules so their names get registered (imports fairseq)."""
     from .criterions import masked_recon_nce  # noqa: F401
     from .models import mae_ast  # noqa: F401
+    from .models import ssast  # noqa: F401
     from .tasks import pretraining  # noqa: F401
 
 

@@ -27,7 +27,7 @@ def tiny_corpus(tmp_path_factory):
 def fairseq_env():
     env = dict(os.environ)
     env["MAEAST_USER_DIR"] = os.path.join(REPO, "maeast_fairseq")
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only add contention on 2 cores
     env["HYDRA_FULL_ERROR"] = "1"
     return env
 

@@ -33,6 +33,10 @@ The InfoNCE softmax axis (trap 1) is a criterion setting (``nce_orientation``), 
 Padding (``frame_padding``, True = padded frame): a token whose frames are all padding is never masked, never
 scored, never a negative, and no token attends to it. (The official code treats padding as data.)
 
+Inputs of other lengths (downstream use) take the learned positions of the first time columns when shorter than
+``target_frames`` (``position_crop='start'``; SSAST's fine-tuning centre crop is ``'center'``) and a bilinear
+interpolation of the grid when longer.
+
 Masking differs from the official code where that code is biased (see :func:`~.masking.cluster_mask`): clusters
 are clipped in 2-D instead of wrapping across row ends, token 0 can be masked, and exactly 400 tokens are masked
 without the ``list(set)[:400]`` truncation bias.
@@ -74,6 +78,13 @@ class SsastConfig:
     dropout: float = field(default=0.0, metadata={"help": "dropout after the positions and in the layers (SSAST: 0)"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights (SSAST: 0)"})
     norm_eps: float = field(default=1e-6, metadata={"help": "LayerNorm epsilon (timm ViT: 1e-6)"})
+    position_crop: str = field(
+        default="start",
+        metadata={"help": "positions of an input shorter than target_frames: 'start' = the first time columns of the "
+                          "grid (where short clips sit in pretraining, which pads at the end; a clip's features then "
+                          "do not depend on how far its batch is padded); 'center' = SSAST fine-tuning's centre "
+                          "crop. Longer inputs interpolate the grid (bilinear) either way"},
+    )
     mask_ratio: float = field(
         default=400 / 512, metadata={"help": "fraction of (valid) tokens masked: 400/512 = 0.78125 (SSAST)"}
     )
@@ -101,6 +112,8 @@ class Ssast(nn.Module):
             raise ValueError(f"mask_type must be 'cluster' or 'random', got {cfg.mask_type!r}")
         if cfg.passes not in ("one", "two"):
             raise ValueError(f"passes must be 'one' or 'two', got {cfg.passes!r}")
+        if cfg.position_crop not in ("start", "center"):
+            raise ValueError(f"position_crop must be 'start' or 'center', got {cfg.position_crop!r}")
         if cfg.num_extra_tokens < 1:
             raise ValueError(f"num_extra_tokens must be 1 (CLS) or 2 (CLS + DIST), got {cfg.num_extra_tokens}")
         self.tokenizer = Tokenizer((cfg.patch_time, cfg.patch_freq), num_mel_bins=cfg.num_mel_bins,
@@ -145,13 +158,23 @@ class Ssast(nn.Module):
         return cluster_mask(rng, (n_time, self.tokenizer.n_freq), c.mask_ratio, token_order="freq_major",
                             padding_mask=token_padding)
 
+    def position_table(self, n_time: int) -> torch.Tensor:
+        """(1, E + n_freq * n_time, D) positions for ``n_time`` time patches (freq-major after the extra tokens)."""
+        n_t, n_f = self.positions.grid
+        if n_time < n_t and self.cfg.position_crop == "start":
+            e = self.cfg.num_extra_tokens
+            table = self.positions.table
+            grid = table[:, e:].reshape(1, n_f, n_t, -1)[:, :, :n_time]
+            return torch.cat([table[:, :e], grid.reshape(1, n_f * n_time, -1)], dim=1)
+        return self.positions((n_time, n_f))  # same grid: the table; shorter: centre crop; longer: bilinear
+
     def encode(self, tokens: torch.Tensor, token_padding: Optional[torch.Tensor], n_time: int, *,
                return_hidden: bool = False):
         """[extra tokens; tokens] + positions through the encoder. Returns (out (B, E+N, D), hidden states)."""
         b = tokens.shape[0]
         e = self.cfg.num_extra_tokens
         x = torch.cat([self.extra_tokens.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1)
-        x = x + self.positions((n_time, self.tokenizer.n_freq)).to(x.dtype)
+        x = x + self.position_table(n_time).to(x.dtype)
         padding = None
         if token_padding is not None:
             padding = torch.cat([token_padding.new_zeros(b, e), token_padding], dim=1)
@@ -197,9 +220,28 @@ class Ssast(nn.Module):
             out = dict(out, terms={"nce": dict(out), "mse": second})
         return out
 
+    def paper_parameter_count(self) -> Dict[str, int]:
+        """Parameter counts under three rules; the README's "Base (89M)" is the third (base: 88.76M).
+
+        SSAST's pretraining module keeps timm's DeiT classifier heads inside its ViT although they are never used
+        (``head`` and, for the distilled models, ``head_dist``: ``Linear(D, 1000)`` each); we do not build them.
+        """
+        d = self.cfg.embed_dim
+        kept = self.extra_tokens.numel() + sum(
+            p.numel() for m in (self.patch_embed, self.positions, self.encoder) for p in m.parameters())
+        pretraining = kept + self.mask_embed.numel() + sum(
+            p.numel() for m in (self.cpred, self.gpred) for p in m.parameters())
+        timm_heads = min(self.cfg.num_extra_tokens, 2) * (d * 1000 + 1000)
+        return {
+            "encoder, patch embed, CLS/DIST, positions (downstream)": kept,
+            "+ mask embed + cpred/gpred (our pretraining model)": pretraining,
+            "+ timm's unused ImageNet heads (SSAST README: 89M)": pretraining + timm_heads,
+        }
+
     # -- downstream -----------------------------------------------------------------------------------------------
     def extract_features(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None) -> Dict:
-        """Encoder on all tokens, no masking (any input length: positions are cropped / interpolated).
+        """Encoder on all tokens, no masking (any input length: positions are cropped / interpolated, see
+        ``position_crop``).
 
         Returns ``x`` (B, N, D): the patch tokens after the final LayerNorm (SSAST's ``ft_avgtok`` pools these);
         ``cls`` (B, D): the mean of the CLS / DIST outputs (``ft_cls``); ``hidden_states``: L+1 tensors (the encoder
