@@ -12,13 +12,14 @@ __version__ = "0.1.0"
 
 def register() -> None:
     """Import the fairseq task / model / criterion modules so their names get registered (imports fairseq)."""
+    from .criterions import classification as _classification_criterion  # noqa: F401
     from .criterions import masked_recon_nce  # noqa: F401
-    from .models import mae_ast  # noqa: F401
-    from .models import ssast  # noqa: F401
+    from .models import classifier, mae_ast, ssast  # noqa: F401
+    from .tasks import classification as _classification_task  # noqa: F401
     from .tasks import pretraining  # noqa: F401
 
 
 # fairseq's import_user_module imports this package after fairseq itself: register then. A process that never
 # imported fairseq (the embedding API, the tests of the core) does not pay for it and never imports it.
-if "fairseq" in sys.modules:
+if sys.modules.get("fairseq") is not None:
     register()
