@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="mae_ast_patch_tiny", help="config in examples/pretrain")
     args = p.parse_args(argv)
     out = os.path.abspath(args.out)
-    for sub in ("audio", "data", "checkpoints", "hydra"):  # a fresh run each time (no resume of an old demo)
+    for sub in ("audio", "heldout", "data", "checkpoints", "hydra"):  # a fresh run each time (no resume of an old demo)
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
@@ -32,12 +32,22 @@ def main(argv=None) -> int:
     from maeast_fairseq.data.synthetic import make_corpus
     make_corpus(os.path.join(out, "audio"), args.clips, seed=0)
 
-    step("writing manifests with maeast-manifest")
-    subprocess.run([sys.executable, "-m", "manifests", os.path.join(out, "audio"), "--dest", os.path.join(out, "data"),
-                    "--ext", "wav", "--valid-percent", "0.1", "--seed", "1"], check=True)
+    step("writing manifests with maeast-manifest (labels = the sound kind, from the folder names)")
+    data = os.path.join(out, "data")
+    subprocess.run([sys.executable, "-m", "manifests", os.path.join(out, "audio"), "--dest", data,
+                    "--ext", "wav", "--valid-percent", "0.2", "--seed", "1", "--labels-from", "parent"], check=True)
+    step("making a held-out test split (other clips, another seed) for the downstream examples")
+    make_corpus(os.path.join(out, "heldout"), max(8, args.clips // 4), seed=1)
+    subprocess.run([sys.executable, "-m", "manifests", os.path.join(out, "heldout"), "--dest",
+                    os.path.join(out, "heldout_data"), "--ext", "wav", "--valid-percent", "0", "--labels-from",
+                    "parent"], check=True)
+    for ext in ("tsv", "lbl"):
+        shutil.move(os.path.join(out, "heldout_data", f"train.{ext}"), os.path.join(data, f"test.{ext}"))
+    shutil.rmtree(os.path.join(out, "heldout_data"))
 
     step(f"pretraining MAE-AST ({args.config}, {args.updates} updates) with fairseq-hydra-train")
     env = dict(os.environ, MAEAST_USER_DIR=os.path.join(REPO, "maeast_fairseq"))
+    env.setdefault("OMP_NUM_THREADS", "1")  # a tiny model: more threads only add overhead
     ckpt_dir = os.path.join(out, "checkpoints")
     cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train"),
            "--config-dir", os.path.join(REPO, "examples", "pretrain"), "--config-name", args.config,
