@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 def register() -> None:
     """Import the fairseq task / model / criterion modules so their names get registered (imports fairseq)."""
     from .criterions import classification as _classification_criterion  # noqa: F401
-    from .criterions import masked_recon_nce  # noqa: F401
-    from .models import classifier, mae_ast, ssast  # noqa: F401
+    from .criterions import eat_ufo, masked_recon_nce  # noqa: F401
+    from .models import classifier, eat, mae_ast, ssast  # noqa: F401
     from .tasks import classification as _classification_task  # noqa: F401
     from .tasks import pretraining  # noqa: F401
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from .core.eat import Eat, EatConfig
 from .core.mae_ast import MaeAst, MaeAstConfig
 from .core.ssast import Ssast, SsastConfig
 from .embed import POOLINGS, Pretrained, default_chunk_frames
@@ -46,7 +47,7 @@ __all__ = ["CheckpointError", "CORE_MODELS", "METHODS", "Pretrained", "load_pret
            "register_wrapper", "EXPORT_FORMAT", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 # registered model name -> (core class, core config class)
-CORE_MODELS = {"mae_ast": (MaeAst, MaeAstConfig), "ssast": (Ssast, SsastConfig)}
+CORE_MODELS = {"mae_ast": (MaeAst, MaeAstConfig), "ssast": (Ssast, SsastConfig), "eat": (Eat, EatConfig)}
 
 EXPORT_FORMAT = "maeast-fairseq-export"
 CONFIG_NAME = "config.json"

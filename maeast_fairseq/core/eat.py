@@ -1,0 +1,413 @@
+"""EAT: Efficient Audio Transformer (Chen et al., IJCAI 2024), pure torch.
+
+The method, as in the official code (SYSTEMS.md section 4; the traps of section 7 are decided as noted):
+
+1. the front end gives a normalised log-mel spectrogram ``(B, T, 128)``, 1024 frames per clip (the task's ``fixed``
+   length policy); it is cut into 16x16 patches, **time-major** (index ``t * 8 + f``: a 64 x 8 grid) and each patch
+   is projected linearly (the official strided ``Conv2d``, as a matrix);
+2. fixed 2-D sin-cos positions are added (first half of the dims = frequency index, second half = time index; a
+   table of ``max_time_patches`` x 8 sliced to the clip's length -- trap 10: the paper says 1-D, the code is 2-D);
+3. **multi-mask**: every clip is cloned ``clones`` (16) times and every clone gets its own inverse 5x5 block mask
+   keeping exactly 20 % of the tokens (102 of 512; :func:`~maeast_fairseq.core.masking.inverse_block_mask`);
+4. the **student** encoder sees only the visible tokens of each clone plus a learned CLS token (no position): a
+   post-LN transformer with a LayerNorm on its input (trap 12);
+5. the **decoder** puts the encoded tokens back in place, fills the masked slots with fresh ``N(0, 0.01^2)`` noise
+   (no learned mask token, no positions: trap 13) and runs a light 2-D CNN over the time x frequency grid;
+6. the **teacher** -- an exponential moving average of the student's encoder (its own patch embedding, positions,
+   CLS, input norm and blocks; not the decoder; trap 10) -- encodes the *unmasked* clip once (not per clone); the
+   targets are its per-layer FFN outputs (before the residual) on the patch tokens, instance-normalised, averaged
+   over the top K layers and layer-normalised (:func:`~maeast_fairseq.core.losses.eat_targets`);
+7. the Utterance-Frame Objective: frame MSE between the decoder outputs and the targets at the masked positions,
+   plus the utterance MSE between the student's CLS output and the mean of the clip's targets, with EAT's exact
+   scaling (trap 11, :func:`ufo_loss`).
+
+The teacher is a real submodule (``teacher``): it is saved in and restored from checkpoints with the student, its
+parameters never require gradients (so fairseq never hands them to the optimiser) and it always runs in ``eval()``.
+It keeps float32 storage even when the model is cast to half precision (``model.half()`` under fairseq ``--fp16``):
+an EMA with a decay of 0.9998-0.99999 moves the weights by less than half precision resolves.
+:meth:`Eat.ema_step` performs one EMA update; the caller (the fairseq model's ``set_num_updates``) decides when.
+
+Padding (shorter clips under the ``fixed`` policy with ``padding_mask: true``): padded tokens are never masked, never
+visible, ignored by attention (student and teacher), left out of the targets' statistics and of the utterance
+target mean, and zeroed in the decoder (so the convolutions see zeros, as at the grid's edge).
+"""
+
+import copy
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import TransformerStack, init_bert_params
+from .losses import eat_frame_loss, eat_targets, eat_utterance_loss, regression_var
+from .masking import gather_visible, inverse_block_mask, multi_mask, scatter_back
+from .positions import sincos_2d
+from .rng import MaskRNG
+from .tokenizer import PatchEmbed, Tokenizer
+
+
+@dataclass
+class EatConfig:
+    # -- tokens ---------------------------------------------------------------------------------------------------
+    patch_time: int = field(default=16, metadata={"help": "patch size in frames"})
+    patch_freq: int = field(default=16, metadata={"help": "patch size in mel bins (128 / 16 = 8 frequency patches)"})
+    num_mel_bins: int = field(default=128, metadata={"help": "mel bins of the input spectrogram"})
+    max_time_patches: int = field(
+        default=768,
+        metadata={"help": "time rows of the fixed 2-D sin-cos position table (768 x 16 frames ~ 123 s); the table "
+                          "is sliced to the clip's length"},
+    )
+    # -- encoder (student; the teacher is its EMA copy) -----------------------------------------------------------
+    embed_dim: int = field(default=768, metadata={"help": "encoder width"})
+    depth: int = field(default=12, metadata={"help": "encoder blocks"})
+    num_heads: int = field(default=12, metadata={"help": "attention heads"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "feed-forward width / embed_dim (3072 at 768)"})
+    norm_eps: float = field(default=1e-6, metadata={"help": "LayerNorm epsilon of the encoder"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout in the blocks and on the encoder input"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    drop_path: float = field(default=0.0, metadata={"help": "stochastic depth, rising linearly to this rate"})
+    layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a student block"})
+    # -- multi-mask -------------------------------------------------------------------------------------------------
+    clones: int = field(default=16, metadata={"help": "masked copies of each clip (each with its own mask)"})
+    mask_ratio: float = field(default=0.8, metadata={"help": "fraction of the (valid) tokens masked (exact count)"})
+    mask_prob_adjust: float = field(
+        default=0.07, metadata={"help": "extra keep probability used to place the block centres (data2vec 2.0)"}
+    )
+    mask_block: int = field(default=5, metadata={"help": "side of the square kept blocks, in patches (5 = 5x5)"})
+    # -- decoder (student only) -------------------------------------------------------------------------------------
+    decoder_dim: int = field(default=768, metadata={"help": "decoder channels"})
+    decoder_layers: int = field(default=6, metadata={"help": "conv layers of the decoder"})
+    decoder_kernel: int = field(default=3, metadata={"help": "conv kernel (odd)"})
+    decoder_groups: int = field(default=16, metadata={"help": "conv groups"})
+    mask_noise_std: float = field(default=0.01, metadata={"help": "std of the noise filling the masked slots"})
+    # -- targets / teacher ------------------------------------------------------------------------------------------
+    average_top_k_layers: int = field(default=12, metadata={"help": "teacher layers averaged into the targets"})
+    instance_norm_targets: bool = field(
+        default=True,
+        metadata={"help": "instance-normalise each teacher layer's FFN output over the tokens before averaging "
+                          "(EAT's instance_norm_target_layer)"},
+    )
+    layer_norm_targets: bool = field(default=True, metadata={"help": "layer-normalise the averaged targets"})
+    ema_decay: float = field(default=0.9998, metadata={"help": "teacher EMA decay at update 0"})
+    ema_end_decay: float = field(default=0.99999, metadata={"help": "teacher EMA decay after the anneal"})
+    ema_anneal_end_step: int = field(
+        default=100000, metadata={"help": "updates over which the decay rises linearly to ema_end_decay"}
+    )
+
+
+def ema_decay_at(step: int, start: float, end: float, anneal_steps: int) -> float:
+    """EMA decay after ``step`` updates: linear from ``start`` to ``end`` over ``anneal_steps``, ``end`` after.
+
+    ``end - (end - start) * (1 - step / anneal_steps)`` (data2vec's annealed rate).
+    """
+    if start == end or anneal_steps <= 0 or step >= anneal_steps:
+        return float(end)
+    return float(end - (end - start) * (1.0 - step / anneal_steps))
+
+
+class EatEncoder(nn.Module):
+    """What the teacher copies: patch embedding, fixed positions, CLS token, input LayerNorm and blocks."""
+
+    def __init__(self, cfg: EatConfig):
+        super().__init__()
+        self.tokenizer = Tokenizer((cfg.patch_time, cfg.patch_freq), num_mel_bins=cfg.num_mel_bins,
+                                   token_order="time_major")
+        d = cfg.embed_dim
+        self.max_time_patches = cfg.max_time_patches
+        self.patch_embed = PatchEmbed(self.tokenizer, d)
+        # fixed, not learned: a non-persistent buffer (rebuilt from the config, not stored in checkpoints)
+        self.register_buffer("positions", sincos_2d(cfg.max_time_patches, self.tokenizer.n_freq, d),
+                             persistent=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.transformer = TransformerStack(
+            cfg.depth, d, cfg.num_heads, int(round(cfg.mlp_ratio * d)), norm_first=False, qkv_bias=True,
+            dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+            drop_path=cfg.drop_path, layerdrop=cfg.layerdrop, norm_eps=cfg.norm_eps,
+        )
+
+    def embed(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None):
+        """(B, T, F) -> patch tokens + positions (B, N, D), token padding (B, N) or None, n_time."""
+        n_time = self.tokenizer.n_time(fbank.shape[1])
+        if n_time > self.max_time_patches:
+            raise ValueError(f"{fbank.shape[1]} frames make {n_time} time patches, more than the position table's "
+                             f"{self.max_time_patches} (model.max_time_patches)")
+        tokens, _ = self.patch_embed(fbank)
+        x = tokens + self.positions[: tokens.shape[1]].to(tokens.dtype)
+        return x, self.tokenizer.token_padding(frame_padding, n_time), n_time
+
+    def encode(self, x: torch.Tensor, padding: Optional[torch.Tensor] = None, *, return_hidden: bool = False,
+               return_ffn: bool = False) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """Prepend the CLS token (never padding) and run the post-LN stack: (B, 1 + L, D) outputs."""
+        b = x.shape[0]
+        x = torch.cat([self.cls_token.to(x.dtype).expand(b, -1, -1), x], dim=1)
+        if padding is not None:
+            padding = torch.cat([padding.new_zeros(b, 1), padding], dim=1)
+        return self.transformer(x, padding, return_hidden=return_hidden, return_ffn=return_ffn)
+
+
+class Decoder2d(nn.Module):
+    """EAT's light CNN decoder over the (time, frequency) grid.
+
+    ``layers`` x [``Conv2d(k, padding k//2, groups)`` -> LayerNorm over channels (no affine) -> GELU], each added to
+    its input (a residual also around the first layer when the widths match), then ``Linear(decoder_dim, embed_dim)``.
+    """
+
+    def __init__(self, embed_dim: int, dim: int, layers: int, kernel: int, groups: int):
+        super().__init__()
+        if kernel % 2 != 1:
+            raise ValueError(f"decoder_kernel must be odd (same padding), got {kernel}")
+        for c in {embed_dim, dim}:
+            if c % groups:
+                raise ValueError(f"decoder_groups={groups} does not divide the {c} channels")
+        self.convs = nn.ModuleList(
+            nn.Conv2d(embed_dim if i == 0 else dim, dim, kernel, padding=kernel // 2, groups=groups)
+            for i in range(layers)
+        )
+        self.proj = nn.Linear(dim, embed_dim)
+
+    def forward(self, x: torch.Tensor, grid: Tuple[int, int], valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x (R, N, C) time-major tokens on an (n_time, n_freq) grid; valid (R, N) bool (False = padding)."""
+        r, n, c = x.shape
+        n_time, n_freq = grid
+        h = x.transpose(1, 2).reshape(r, c, n_time, n_freq)
+        keep = None if valid is None else valid.view(r, 1, n_time, n_freq).to(h.dtype)
+        for conv in self.convs:
+            y = conv(h)
+            y = F.layer_norm(y.permute(0, 2, 3, 1), y.shape[1:2]).permute(0, 3, 1, 2)
+            y = F.gelu(y)
+            if y.shape[1] == h.shape[1]:
+                y = y + h
+            h = y if keep is None else y * keep
+        return self.proj(h.flatten(2).transpose(1, 2))
+
+
+class Eat(nn.Module):
+    def __init__(self, cfg: EatConfig):
+        super().__init__()
+        self.cfg = cfg
+        if not 1 <= cfg.average_top_k_layers <= cfg.depth:
+            raise ValueError(f"average_top_k_layers must be in [1, {cfg.depth}], got {cfg.average_top_k_layers}")
+        if cfg.clones < 1:
+            raise ValueError(f"clones must be >= 1, got {cfg.clones}")
+        self.encoder = EatEncoder(cfg)
+        self.decoder = Decoder2d(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_layers, cfg.decoder_kernel,
+                                 cfg.decoder_groups)
+        # initialisation as EAT: BERT init of every Linear, then xavier patch projection, N(0, 1) CLS
+        init_bert_params(self)
+        proj = self.encoder.patch_embed.proj
+        nn.init.xavier_uniform_(proj.weight)
+        nn.init.uniform_(proj.bias, -proj.in_features ** -0.5, proj.in_features ** -0.5)
+        nn.init.normal_(self.encoder.cls_token)
+        self.teacher = copy.deepcopy(self.encoder).requires_grad_(False).eval()
+        self.current_ema_decay = float(cfg.ema_decay)
+
+    # -- teacher bookkeeping --------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never uses dropout / layerdrop
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        """Move the teacher with the model (device) but keep its float32 storage (EMA precision)."""
+        teacher = self._modules.get("teacher")
+        if teacher is None:
+            return super()._apply(fn, *args, **kwargs)
+        self._modules["teacher"] = None
+        try:
+            super()._apply(fn, *args, **kwargs)
+        finally:
+            self._modules["teacher"] = teacher
+        p = next(teacher.parameters())
+        device = fn(torch.empty(0, dtype=p.dtype, device=p.device)).device
+        teacher._apply(lambda t: t.to(device=device))
+        return self
+
+    @staticmethod
+    def ema_decay_at(step: int, start: float = 0.9998, end: float = 0.99999, anneal_steps: int = 100000) -> float:
+        return ema_decay_at(step, start, end, anneal_steps)
+
+    @torch.no_grad()
+    def ema_step(self, num_updates: int) -> float:
+        """One EMA update of the teacher towards the student encoder, with the decay for ``num_updates``.
+
+        ``teacher = decay * teacher + (1 - decay) * student`` in float32 for the trainable parameters; the others
+        (and the buffers) are copied. Returns the decay used.
+        """
+        if self.teacher is None:
+            raise RuntimeError("the teacher was removed (remove_pretraining_modules)")
+        c = self.cfg
+        decay = ema_decay_at(num_updates, c.ema_decay, c.ema_end_decay, c.ema_anneal_end_step)
+        self.current_ema_decay = decay
+        if decay >= 1.0:
+            return decay
+        student = dict(self.encoder.named_parameters())
+        avg_t, avg_s = [], []
+        for name, t in self.teacher.named_parameters():
+            s = student[name]
+            if s.requires_grad:
+                avg_t.append(t)
+                avg_s.append(s.detach().to(device=t.device, dtype=t.dtype))
+            else:
+                t.copy_(s)
+        if avg_t:
+            torch._foreach_mul_(avg_t, decay)
+            torch._foreach_add_(avg_t, avg_s, alpha=1.0 - decay)
+        student_buffers = dict(self.encoder.named_buffers())
+        for name, b in self.teacher.named_buffers():
+            b.copy_(student_buffers[name])
+        return decay
+
+    def remove_pretraining_modules(self) -> None:
+        """Drop the teacher and the decoder (fine-tuning / feature extraction keep the student encoder only)."""
+        self.teacher = None
+        self.decoder = None
+
+    # -- targets ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_targets(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None):
+        """The teacher on the unmasked clips: targets (B, N, D) float32 and the token padding (B, N) or None."""
+        teacher = self.teacher
+        t_dtype = next(teacher.parameters()).dtype
+        low_precision = fbank.dtype in (torch.float16, torch.bfloat16) and fbank.dtype != t_dtype
+        if low_precision and fbank.device.type == "cuda":
+            ctx = torch.autocast("cuda", dtype=fbank.dtype)  # float32 weights, half-precision matmuls
+        else:
+            ctx = torch.autocast(fbank.device.type, enabled=False)
+            fbank = fbank.to(t_dtype)
+        with ctx:
+            x, padding, _ = teacher.embed(fbank, frame_padding)
+            _, _, ffn = teacher.encode(x, padding, return_ffn=True)
+        layers = [f[:, 1:] for f in ffn]  # patch tokens only (CLS excluded)
+        y = eat_targets(layers, self.cfg.average_top_k_layers, instance_norm=self.cfg.instance_norm_targets,
+                        layer_norm=self.cfg.layer_norm_targets, padding_mask=padding)
+        return y, padding
+
+    # -- pretraining ------------------------------------------------------------------------------------------------
+    def make_mask(self, rng: MaskRNG, grid: Tuple[int, int], token_padding: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B * clones, N) inverse block masks, row ``b * clones + c`` = clone c of clip b."""
+        c = self.cfg
+        return multi_mask(inverse_block_mask, rng, c.clones, grid=grid, mask_ratio=c.mask_ratio,
+                          mask_prob_adjust=c.mask_prob_adjust, block=(c.mask_block, c.mask_block),
+                          padding_mask=token_padding)
+
+    def forward(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None,
+                mask_rng: Optional[MaskRNG] = None) -> Dict[str, torch.Tensor]:
+        """fbank: (B, T, F) normalised log-mel; frame_padding: (B, T) True = padding; mask_rng: one row per clip.
+
+        Returns, with R = B * clones rows and M = masked tokens over all rows:
+        ``pred`` / ``target`` (M, D) at the masked positions (row-major order of ``mask``), ``cls_pred`` /
+        ``cls_target`` (R, D), ``num_masked`` (M, long), ``num_tokens`` (valid tokens over the R rows), ``mask``
+        (R, N), ``padding_mask`` (B, N) or None, and the statistics ``target_var``, ``pred_var``, ``ema_decay``.
+
+        The noise in the masked decoder slots comes from torch's global generator (``torch.randn``; fairseq
+        reseeds it with ``seed + num_updates`` before every step); the masks come from ``mask_rng`` only.
+        """
+        if self.teacher is None or self.decoder is None:
+            raise RuntimeError("pretraining modules were removed; use extract_features")
+        cfg = self.cfg
+        b, k = fbank.shape[0], cfg.clones
+        x, token_padding, n_time = self.encoder.embed(fbank, frame_padding)
+        n, d = x.shape[1], x.shape[2]
+        grid = (n_time, self.encoder.tokenizer.n_freq)
+        rng = mask_rng.to(fbank.device) if mask_rng is not None else MaskRNG.from_generator(None, b, fbank.device)
+        mask = self.make_mask(rng, grid, token_padding)  # (R, N)
+        padding_r = None if token_padding is None else token_padding.repeat_interleave(k, dim=0)
+
+        # student: the visible tokens of every clone (+ CLS)
+        x_vis, ids_keep, vis_padding, _ = gather_visible(x.repeat_interleave(k, dim=0), mask, padding_r)
+        h, _, _ = self.encoder.encode(x_vis, vis_padding)
+        cls_pred = h[:, 0]
+
+        # decoder: visible tokens back in place, noise in the masked slots, zeros at padding
+        noise = torch.randn(b * k, n, d, device=h.device, dtype=h.dtype) * cfg.mask_noise_std
+        y_in = scatter_back(h[:, 1:], ids_keep, vis_padding, n, noise)
+        valid_r = None if padding_r is None else ~padding_r
+        if valid_r is not None:
+            y_in = y_in * valid_r.unsqueeze(-1).to(y_in.dtype)
+        pred = self.decoder(y_in, grid, valid_r)[mask]
+
+        # teacher: once per clip on the unmasked input; targets repeated per clone and taken at the masked positions
+        y, _ = self.teacher_targets(fbank, frame_padding)
+        rows, cols = mask.nonzero(as_tuple=True)
+        target = y[torch.div(rows, k, rounding_mode="floor"), cols]
+        if token_padding is None:
+            clip_mean = y.mean(dim=1)
+        else:
+            w = (~token_padding).unsqueeze(-1).to(y.dtype)
+            clip_mean = (y * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        cls_target = clip_mean.repeat_interleave(k, dim=0)
+
+        num_tokens = (torch.full((), b * k * n, device=mask.device, dtype=torch.long) if padding_r is None
+                      else (~padding_r).sum())
+        return {
+            "pred": pred,
+            "target": target,
+            "cls_pred": cls_pred,
+            "cls_target": cls_target,
+            "num_masked": mask.sum(),
+            "num_tokens": num_tokens,
+            "mask": mask,
+            "padding_mask": token_padding,
+            "target_var": regression_var(target),
+            "pred_var": regression_var(pred),
+            "ema_decay": torch.tensor(self.current_ema_decay, dtype=torch.float64),
+        }
+
+    # -- downstream -------------------------------------------------------------------------------------------------
+    def extract_features(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None) -> Dict:
+        """Student encoder on all tokens (no masking, one clone).
+
+        ``x`` (B, N, D) patch tokens, ``cls`` (B, D) (EAT's fine-tuning pools the CLS token), ``hidden_states``
+        (L+1 tensors (B, N, D): the stack input after its LayerNorm, then every block; patch tokens only, aligned
+        with ``padding_mask`` (B, N) or None).
+        """
+        x, token_padding, _ = self.encoder.embed(fbank, frame_padding)
+        h, hidden, _ = self.encoder.encode(x, token_padding, return_hidden=True)
+        return {"x": h[:, 1:], "cls": h[:, 0], "hidden_states": [s[:, 1:] for s in hidden],
+                "padding_mask": token_padding}
+
+    # -- accounting -------------------------------------------------------------------------------------------------
+    def paper_parameter_count(self) -> Dict[str, int]:
+        """The counts EAT quotes (93M pretraining / 88M): at the base settings these rules give 92.56M and 87.84M.
+
+        EAT's code stores the fixed 768x8 sin-cos table as a frozen parameter of the student, so its total student
+        parameter count (encoder + decoder + table, teacher excluded) is the 93M; without the table -- the
+        trainable parameters -- it is the 88M. (The fine-tuning model, encoder + 527-way head, has 85.66M, or
+        90.38M with the table: neither is within 2 % of 88M.)
+        """
+        c = self.parameter_counts()
+        trainable = c["student_encoder"] + c["decoder"]
+        return {
+            "student encoder + decoder + fixed positions (EAT-base paper: 93M)": trainable + c["fixed_positions"],
+            "student encoder + decoder, trainable (EAT-base paper: 88M)": trainable,
+        }
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameters per part: ``student_encoder`` (trainable), ``decoder``, ``teacher`` (frozen EMA copy) and
+        ``fixed_positions`` (the sin-cos table: a buffer here, a frozen parameter in EAT; one copy)."""
+        def count(m):
+            return 0 if m is None else sum(p.numel() for p in m.parameters())
+        return {
+            "student_encoder": count(self.encoder),
+            "decoder": count(self.decoder),
+            "teacher": count(self.teacher),
+            "fixed_positions": self.encoder.positions.numel(),
+        }
+
+
+def ufo_loss(out: Dict[str, torch.Tensor], utterance_weight: float = 1.0):
+    """EAT's Utterance-Frame Objective from :meth:`Eat.forward`'s output, with EAT's scaling (trap 11).
+
+    Returns ``(total, frame, utterance, sample_size)``: ``frame`` = sum over the masked tokens of
+    ``||pred - target||^2 / sqrt(D)``, ``utterance`` = ``utterance_weight * M * sum over the R clone rows of
+    ||cls_pred - cls_target||^2 / sqrt(D)``, ``total = frame + utterance`` and ``sample_size = M`` (masked
+    tokens). The trainer divides by ``M``: a per-masked-token frame mean plus a *sum* over clone rows.
+    """
+    m = out["num_masked"]
+    frame = eat_frame_loss(out["pred"], out["target"])
+    utterance = eat_utterance_loss(out["cls_pred"], out["cls_target"], m, weight=utterance_weight)
+    return frame + utterance, frame, utterance, m
