@@ -90,7 +90,7 @@ def test_core_imports_without_fairseq():
         "import torch\n"
         "import maeast_fairseq, maeast_fairseq.audio, maeast_fairseq.fbank, maeast_fairseq.frontend\n"
         "import maeast_fairseq.checkpoint, maeast_fairseq.data.manifest, maeast_fairseq.data.synthetic\n"
-        "from maeast_fairseq.core import blocks, losses, masking, positions, rng, tokenizer, norm, mae_ast\n"
+        "from maeast_fairseq.core import blocks, losses, masking, positions, rng, tokenizer, norm, mae_ast, ssast, eat\n"
         "m = mae_ast.MaeAst(mae_ast.MaeAstConfig(embed_dim=32, ffn_dim=64, num_heads=4, encoder_layers=1,\n"
         "    decoder_layers=1, decoder_embed_dim=32, decoder_ffn_dim=64, decoder_heads=4))\n"
         "out = m(torch.randn(2, 100, 128))\n"

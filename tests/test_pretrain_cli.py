@@ -107,3 +107,11 @@ def test_two_process_cpu_training_with_torchrun_and_resume(overfit_set, tmp_path
         assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 10 updates\)", log2), log2[-3000:]
     finally:
         os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+
+
+@pytest.mark.parametrize("config", ["mae_ast_frame_tiny", "mae_ast_patch_6l_tiny", "mae_ast_frame_6l_tiny"])
+def test_other_mae_ast_tiny_configs_overfit_with_hydra(config, overfit_set, tmp_path):
+    log = run([console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples/pretrain"),
+               "--config-name", config, f"task.data={overfit_set / 'data'}", f"checkpoint.save_dir={tmp_path / 'c'}",
+               f"hydra.run.dir={tmp_path / 'hydra'}", "common.log_interval=1"], cwd=tmp_path)
+    assert_overfits(log)
