@@ -381,11 +381,13 @@ class Fbank(torch.nn.Module):
         if lengths is None:
             lengths = torch.full((B,), N, dtype=torch.long, device=device)
         else:
-            lengths = torch.as_tensor(lengths, device=device).long().reshape(-1)
+            # checked where they are given (host lengths for device audio: no device read), then moved
+            lengths = torch.as_tensor(lengths).long().reshape(-1)
             if lengths.numel() != B:
                 raise ValueError(f"Fbank: got {lengths.numel()} lengths for a batch of {B} waveforms")
             if B > 0 and (int(lengths.min()) < 0 or int(lengths.max()) > N):
                 raise ValueError(f"Fbank: lengths must lie in [0, {N}], got {lengths.tolist()}")
+            lengths = lengths.to(device)
         cfg = self.cfg
         frame_lengths = num_frames(lengths, cfg)
         t_max = int(num_frames(N, cfg)) if B > 0 else 0

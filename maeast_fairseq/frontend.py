@@ -83,6 +83,16 @@ def normalise(feats: torch.Tensor, cfg) -> torch.Tensor:
     return feats
 
 
+def kept_frames(lengths: torch.Tensor, cfg) -> torch.Tensor:
+    """Real frames per clip that survive the length policy (the ``lengths`` :func:`collate_features` returns)."""
+    if cfg.length_policy == "crop_to_shortest":
+        t = int(lengths.min())
+        if cfg.max_frames > 0:
+            t = min(t, cfg.max_frames)
+        return torch.full_like(lengths, t)
+    return lengths.clamp(max=cfg.target_frames)
+
+
 def collate_features(
     feats: List[torch.Tensor], cfg, crop_u: Optional[torch.Tensor] = None
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
@@ -94,14 +104,27 @@ def collate_features(
     """
     lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
     padded = pad_sequence(feats, batch_first=True)  # zero padding in log-mel space
+    return collate_padded(padded, lengths, cfg, crop_u)
+
+
+def collate_padded(
+    padded: torch.Tensor, lengths: torch.Tensor, cfg, crop_u: Optional[torch.Tensor] = None
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """:func:`collate_features` on log-mels already stacked: ``padded`` (B, T_max, F), zero beyond ``lengths`` (B,)
+    real frames per clip (what the batched :class:`~maeast_fairseq.fbank.Fbank` returns, on any device).
+
+    ``lengths`` may stay on the CPU while ``padded`` is on the GPU: the length policy then needs no host read of a
+    device tensor (the crop length is ``lengths.min()`` on the host).
+    """
+    device = padded.device
     if cfg.length_policy == "crop_to_shortest":
         t = int(lengths.min())
         if cfg.max_frames > 0:
             t = min(t, cfg.max_frames)
         if crop_u is None:
-            crop_u = torch.zeros(len(feats))
+            crop_u = torch.zeros(len(lengths))
         starts = torch.floor(crop_u * (lengths - t + 1).to(crop_u.dtype)).long().clamp(min=0)
-        idx = starts[:, None] + torch.arange(t)[None, :]
+        idx = (starts[:, None] + torch.arange(t)[None, :]).to(device)
         x = torch.gather(padded, 1, idx[:, :, None].expand(-1, -1, padded.shape[-1]))
         kept = torch.full_like(lengths, t)
         return normalise(x, cfg), None, kept
@@ -113,5 +136,5 @@ def collate_features(
     kept = lengths.clamp(max=t)
     frame_padding = None
     if cfg.padding_mask:
-        frame_padding = torch.arange(t)[None, :] >= kept[:, None]
+        frame_padding = (torch.arange(t)[None, :] >= kept[:, None]).to(device)
     return normalise(x, cfg), frame_padding, kept

@@ -217,10 +217,11 @@ def cluster_mask(
     valid = _valid_mask(padding_mask, B, T, dev)
     num_masked, _ = mask_counts(None if padding_mask is None else ~valid, T, mask_ratio, dev, batch=B)
 
-    sizes = torch.as_tensor(list(cluster_sizes), dtype=torch.long, device=dev)
-    if sizes.numel() == 0 or int(sizes.min()) < 1:
+    host_sizes = [int(c) for c in cluster_sizes]  # checked on the host: no device read
+    if not host_sizes or min(host_sizes) < 1:
         raise ValueError(f"cluster_sizes must be positive, got {cluster_sizes}")
-    c_max = int(sizes.max())
+    sizes = torch.as_tensor(host_sizes, dtype=torch.long, device=dev)
+    c_max = max(host_sizes)
     if num_candidates is None:
 
         def _eff(n: int, c: int) -> float:  # expected in-grid length of a clipped window
@@ -342,7 +343,7 @@ def inverse_block_mask(
     n_max = max(n_max, 1)
     tc, fc = _draw_valid_cells(rng, valid.view(B, n_t, n_f), n_max, all_valid=padding_mask is None)  # (B, n_max)
 
-    mh, mw = int(bh_all.max()), int(bw_all.max())
+    mh, mw = max(b[0] for b in blocks), max(b[1] for b in blocks)  # from the host list: no device read
     oh = torch.arange(mh, device=dev).view(1, 1, mh, 1)
     ow = torch.arange(mw, device=dev).view(1, 1, 1, mw)
     if padding_mask is None:

@@ -34,8 +34,8 @@ class SpectrogramBatchNorm(nn.Module):
                 var = (((xf - mean) ** 2) * w).sum() / n
             with torch.no_grad():
                 unbiased = var * n / torch.clamp(torch.as_tensor(n, dtype=xf.dtype) - 1, min=1)
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(unbiased.detach(), self.momentum)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
         return ((xf - mean) * torch.rsqrt(var + self.eps) * self.scale).to(x.dtype)

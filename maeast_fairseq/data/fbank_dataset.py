@@ -8,11 +8,12 @@ from typing import List, Optional
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset
+from torch.nn.utils.rnn import pad_sequence
 
 from ..audio import AudioError, load_audio
 from ..core.rng import MaskRNG
 from ..fbank import Fbank, num_frames
-from ..frontend import check_frontend, collate_features, fbank_config
+from ..frontend import check_frontend, collate_features, fbank_config, kept_frames
 from .manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class FbankDataset(FairseqDataset):
         self.seed = seed
         self.epoch = 1
         self.fbank = Fbank(fbank_config(frontend))
+        # fbank_on_device: items are waveforms; the task computes the batched fbank on the training device
+        self.on_device = bool(getattr(frontend, "fbank_on_device", False))
         self.min_frames = min_frames
         root, entries = read_manifest(manifest)
         too_short = [e for e in entries if e.num_samples < min_sample_size]
@@ -74,6 +77,14 @@ class FbankDataset(FairseqDataset):
             raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
         if self.frontend.subtract_waveform_mean:
             wav = wav - wav.mean()
+        if self.on_device:
+            frames = int(num_frames(wav.shape[0], self.fbank.cfg))
+            if frames < self.min_frames:
+                raise ValueError(
+                    f"{self.manifest}:{e.line}: {e.path} decodes to {frames} frames, fewer than one patch "
+                    f"({self.min_frames} frames); remove it or raise task.min_sample_size"
+                )
+            return {"id": index, "wav": wav}
         feats, _ = self.fbank(wav)
         if feats.shape[0] < self.min_frames:
             raise ValueError(
@@ -88,6 +99,8 @@ class FbankDataset(FairseqDataset):
             return {}
         ids = torch.tensor([s["id"] for s in samples], dtype=torch.long)
         crop_u = MaskRNG.from_ids(self.seed ^ CROP_SALT, self.epoch, ids).uniform()
+        if self.on_device:
+            return self._collate_waveforms(samples, ids, crop_u)
         x, frame_padding, lengths = collate_features([s["fbank"] for s in samples], self.frontend, crop_u)
         return {
             "id": ids,
@@ -95,6 +108,29 @@ class FbankDataset(FairseqDataset):
             "ntokens": int(lengths.sum()),
             # masks are a function of (seed, epoch, clip id) only: reproducible for any batching / process count
             "net_input": {"fbank": x, "frame_padding": frame_padding,
+                          "mask_rng": MaskRNG.from_ids(self.seed, self.epoch, ids)},
+        }
+
+    def _collate_waveforms(self, samples: List[dict], ids: torch.Tensor, crop_u: torch.Tensor):
+        """fbank_on_device: zero-padded waveforms + lengths; the task turns them into exactly the features
+        :func:`collate_features` would have made (``PretrainingTask.device_features``).
+
+        The waveforms travel as the int32 *bit pattern* of the float32 samples (``wav_bits``): fairseq's trainer
+        casts every float32 tensor of a batch to half under ``common.fp16`` / ``bf16``, which would round the audio
+        before the fbank; integer tensors are moved to the device untouched and viewed back as float32 there.
+        """
+        wavs = [s["wav"].float() for s in samples]
+        wav_lengths = torch.tensor([w.shape[0] for w in wavs], dtype=torch.long)
+        padded = pad_sequence(wavs, batch_first=True)
+        frame_lengths = num_frames(wav_lengths, self.fbank.cfg)
+        return {
+            "id": ids,
+            "nsentences": len(samples),
+            "ntokens": int(kept_frames(frame_lengths, self.frontend).sum()),
+            # lengths and crop offsets as numpy arrays: fairseq moves tensors to the device, these stay on the host
+            # so the length policy needs no device-to-host read
+            "net_input": {"wav_bits": padded.view(torch.int32), "wav_lengths": wav_lengths.numpy(),
+                          "frame_lengths": frame_lengths.numpy(), "crop_u": crop_u.numpy(),
                           "mask_rng": MaskRNG.from_ids(self.seed, self.epoch, ids)},
         }
 

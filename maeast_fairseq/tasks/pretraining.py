@@ -4,12 +4,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from ..data.fbank_dataset import FbankDataset
-from ..frontend import FrontendConfig
+from ..fbank import Fbank
+from ..frontend import FrontendConfig, collate_padded, fbank_config
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +24,17 @@ class PretrainingTaskConfig(FairseqDataclass, FrontendConfig):
     )
     max_sample_size: int = field(
         default=0, metadata={"help": "drop clips with more samples (counted and logged); 0 = keep all"}
+    )
+    fbank_on_device: bool = field(
+        default=False,
+        metadata={"help": "the loader returns waveforms (mean removed per the front end) and the task computes the "
+                          "batched fbank on the training device, then the same length policy, log-mel padding and "
+                          "normalisation as the loader: identical features, far less loader CPU"},
+    )
+    autocast_bf16: bool = field(
+        default=False,
+        metadata={"help": "run forward + loss under torch.autocast(bfloat16) on the training device, with float32 "
+                          "weights and optimizer (use with common.fp16=false, common.bf16=false; no loss scaling)"},
     )
     # frames of one patch, from the model: a shorter clip is an error naming its manifest line. (No help string on
     # purpose: fairseq's argparse path then resolves the interpolation instead of turning it into a flag.)
@@ -51,6 +64,61 @@ class PretrainingTask(FairseqTask):
             path, cfg, min_sample_size=cfg.min_sample_size, max_sample_size=cfg.max_sample_size,
             min_frames=cfg.patch_frames, shuffle=split != "test", seed=cfg.seed,
         )
+
+    # -- fbank on the training device / bf16 autocast ----------------------------------------------------------------
+    def device_features(self, sample, dtype=None):
+        """Replace a waveform batch (``fbank_on_device``) by the features the loader would have collated."""
+        net = sample.get("net_input") if sample else None
+        if not net or "wav_bits" not in net:
+            return sample
+        wav = net["wav_bits"].view(torch.float32)
+        fb = getattr(self, "_device_fbank", None)
+        if fb is None or fb.window.device != wav.device:
+            fb = self._device_fbank = Fbank(fbank_config(self.cfg)).to(wav.device)
+        # lengths / crop offsets are host arrays (the collater's numpy): no device-to-host read here
+        feats, _ = fb(wav, torch.as_tensor(net["wav_lengths"]))
+        lengths = torch.as_tensor(net["frame_lengths"])
+        x, frame_padding, _ = collate_padded(feats, lengths, self.cfg, torch.as_tensor(net["crop_u"]))
+        if dtype is not None and dtype != x.dtype:
+            x = x.to(dtype)  # what the trainer does to the loader's features under common.fp16 / bf16
+        new_net = {"fbank": x, "frame_padding": frame_padding, "mask_rng": net["mask_rng"]}
+        return dict(sample, net_input=new_net)
+
+    @staticmethod
+    def _input_dtype(model):
+        for p in model.parameters():
+            if p.requires_grad and p.is_floating_point():
+                return p.dtype
+        return None
+
+    def _autocast(self, sample):
+        enabled = bool(getattr(self.cfg, "autocast_bf16", False))
+        device = "cpu"
+        if enabled:
+            x = sample["net_input"]["fbank"]
+            device = x.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        sample = self.device_features(sample, self._input_dtype(model))
+        if not getattr(self.cfg, "autocast_bf16", False):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+        model.train()
+        model.set_num_updates(update_num)
+        with self._autocast(sample):
+            loss, sample_size, logging_output = criterion(model, sample)
+        if ignore_grad:
+            loss *= 0
+        optimizer.backward(loss)
+        return loss, sample_size, logging_output
+
+    def valid_step(self, sample, model, criterion):
+        sample = self.device_features(sample, self._input_dtype(model))
+        if not getattr(self.cfg, "autocast_bf16", False):
+            return super().valid_step(sample, model, criterion)
+        model.eval()
+        with torch.no_grad(), self._autocast(sample):
+            return criterion(model, sample)
 
     @property
     def source_dictionary(self):
