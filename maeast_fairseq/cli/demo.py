@@ -1,83 +1,310 @@
-"""``make demo`` (for now): a short MAE-AST pretraining on a small synthetic corpus the command makes itself, then
-features extracted from the checkpoint without fairseq. Every step prints what it does; outputs go to ``--out``."""
+"""``make demo``: the whole life of the method on real recordings, with pictures.
+
+1. fetch real recordings from Debian packages (``apt-get download`` + ``dpkg -x`` into ``.cache/audio``; cached):
+   voice-acted speech (fillets-ng-data-cs), spoken letters (klettres-data), instrument samples (sonic-pi-samples,
+   lmms-common) and the Hydrogen drum kits. ``AUDIO_DIR=/some/folder`` (or ``--audio-dir``) pretrains on any folder
+   of audio instead. Without apt the demo falls back to a synthetic corpus, and says so loudly.
+2. the downstream task: drum-instrument type (kick / snare / hi-hat / tom / cymbal) from the Hydrogen kits'
+   ``drumkit.xml``, WHOLE KITS held out (train kits, one dev kit, four test kits);
+3. corpus log-mel statistics (maeast-stats), then small MAE-AST, EAT and SSAST pretrainings (fairseq-hydra-train,
+   the tiny configs with more updates; ~20 min for everything on 2 CPU cores, ``QUICK=1`` / ``--quick`` ~5 min);
+4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 3 head seeds) of every
+   pretrained model, its random-init twin and a log-mel baseline;
+5. ``results.md``, ``results.json`` and PNG figures in ``--out`` (default ``runs/demo``).
+
+These are small-data CPU figures: they are not comparable to the papers' numbers.
+"""
 import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from maeast_fairseq.demo import fetch as F
+from maeast_fairseq.demo import pipeline as P
+
+REPO = P.REPO
+LOUD = "!" * 100
 
 
-def step(msg: str) -> None:
-    print(f"\n==> {msg}", flush=True)
+def loud(msg: str) -> None:
+    print(f"\n{LOUD}\n!! {msg}\n{LOUD}\n", flush=True)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maeast-demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", default=_env_flag("QUICK"),
+                   help="the ~5 minute version (also env QUICK=1)")
+    p.add_argument("--recipe", choices=sorted(P.RECIPES), default=None, help=argparse.SUPPRESS)
+    p.add_argument("--audio-dir", default=os.environ.get("AUDIO_DIR") or None,
+                   help="pretrain on every audio file under this folder instead of the Debian packages "
+                        "(also env AUDIO_DIR)")
+    p.add_argument("--downstream-data", default=os.environ.get("DOWNSTREAM_DATA") or None,
+                   help="a labelled folder (train/valid/test .tsv + .lbl) to evaluate on instead of the drum kits")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic corpus only (no network)")
+    p.add_argument("--cache", default=os.environ.get("MAEAST_AUDIO_CACHE", os.path.join(REPO, ".cache", "audio")),
+                   help="where the Debian packages are unpacked (default: .cache/audio)")
+    p.add_argument("--methods", default=",".join(P.METHODS), help="methods to pretrain (default: all three)")
+    p.add_argument("--updates", type=int, default=None, help="pretraining updates for every method (override)")
+    p.add_argument("--pretrain-minutes", type=float, default=None, help="pretraining audio in minutes (override)")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_pretraining(out: str, minutes: float) -> dict:
+    from maeast_fairseq.data.synthetic import make_corpus
+    root = os.path.join(out, "synthetic", "pretrain")
+    shutil.rmtree(root, ignore_errors=True)
+    n = max(16, int(minutes * 60 / 2.25))
+    make_corpus(root, n, seed=0)
+    return {"synthetic": F.audio_files(root)}
+
+
+def synthetic_downstream(out: str) -> dict:
+    """Labelled synthetic sound kinds; train / valid / test clips drawn with different seeds."""
+    from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
+    from maeast_fairseq.data.synthetic import make_corpus
+    import soundfile as sf
+    root = os.path.join(out, "synthetic", "downstream")
+    shutil.rmtree(root, ignore_errors=True)
+    data = os.path.join(out, "data", "downstream")
+    os.makedirs(data, exist_ok=True)
+    classes = set()
+    sizes = {}
+    for split, seed, n in (("train", 10, 24), ("valid", 11, 10), ("test", 12, 10)):
+        made = make_corpus(os.path.join(root, split), n, seed=seed, rates=(16000,))
+        rows = [(os.path.relpath(p, root), sf.info(p).frames, kind) for p, kind in made]
+        write_manifest(os.path.join(data, f"{split}.tsv"), root, [(r, n_) for r, n_, _ in rows])
+        write_labels(os.path.join(data, f"{split}.lbl"), [[k] for _, _, k in rows])
+        classes |= {k for _, _, k in rows}
+        sizes[split] = len(rows)
+    write_label_list(os.path.join(data, "labels.txt"), sorted(classes))
+    return {"data": data, "classes": sorted(classes), "clips": sizes, "kits": None,
+            "name": "synthetic sound kinds (tone/chirp/noise/clicks...), splits drawn with different seeds"}
+
+
+def get_data(args, out: str, recipe: P.Recipe) -> dict:
+    info = {"fallback": None}
+    pkgs = {}
+    want_pkgs = not args.synthetic
+    if want_pkgs:
+        names = list(F.DRUM_PACKAGES) if args.downstream_data is None else []
+        if not args.audio_dir:
+            names = list(F.PRETRAIN_PACKAGES) + names
+        if names:
+            P.step(f"fetching Debian packages ({', '.join(names)}) into {args.cache} (cached after the first run)")
+            try:
+                pkgs = F.fetch_packages(names, args.cache)
+            except F.FetchError as exc:
+                loud(f"COULD NOT FETCH THE REAL RECORDINGS: {exc}\n!! FALLING BACK TO THE SYNTHETIC CORPUS: the "
+                     "numbers below are NOT a result on real audio.")
+                info["fallback"] = str(exc)
+
+    # -- pretraining audio ------------------------------------------------------------------------------------------
+    kits = F.find_kits([pkgs[p] for p in F.DRUM_PACKAGES if p in pkgs])
+    if args.audio_dir:
+        sources = {"audio_dir": F.audio_files(args.audio_dir)}
+        if not sources["audio_dir"]:
+            raise SystemExit(f"demo: no audio files ({', '.join(F.AUDIO_EXTS)}) under --audio-dir {args.audio_dir}")
+        desc = f"every audio file under {os.path.abspath(args.audio_dir)}"
+    elif args.synthetic or not all(p in pkgs for p in F.PRETRAIN_PACKAGES):
+        sources = synthetic_pretraining(out, recipe.pretrain_minutes)
+        desc = "SYNTHETIC corpus (melodies, chirps, noise, clicks)"
+    else:
+        sources = {p: F.audio_files(pkgs[p]) for p in F.PRETRAIN_PACKAGES}
+        train_kits = [d for k, d in kits.items() if F.kit_split(k) == "train"]
+        if train_kits:  # only the TRAINING kits; dev / test kits are never heard in pretraining
+            sources["hydrogen-train-kits"] = [f for d in train_kits for f in F.audio_files(d)]
+        desc = ("Debian packages: " + ", ".join(sources) + " (dev/test drum kits excluded)")
+    P.step(f"pretraining corpus: {desc}; a bounded subset of {recipe.pretrain_minutes:g} min cut into <= 3 s "
+           "16 kHz pieces")
+    tag = "audio_dir" if args.audio_dir else "synthetic" if "synthetic" in sources else "debian"
+    corpus = os.path.join(args.cache if tag == "debian" else out, "prepared", f"pretrain_{tag}")
+    _, seconds = F.prepare_pretraining(sources, corpus, max_seconds=recipe.pretrain_minutes * 60)
+    manifest = os.path.join(out, "data", "pretrain")
+    sizes = F.write_unlabelled_manifest(corpus, manifest)
+    print(f"   manifests in {manifest}: {sizes}", flush=True)
+    info["pretrain"] = {"description": desc, "seconds_per_source": seconds, "clips": sizes, "manifest": manifest}
+
+    # -- downstream -------------------------------------------------------------------------------------------------
+    if args.downstream_data:
+        info["downstream"] = {"data": os.path.abspath(args.downstream_data), "name": "user data", "kits": None}
+    elif kits:
+        P.step(f"drum-instrument task from {len(kits)} Hydrogen kits (drumkit.xml -> kick/snare/hihat/tom/cymbal); "
+               f"dev kit {', '.join(F.DEV_KITS)}; test kits {', '.join(F.TEST_KITS)}")
+        d = F.prepare_drums(kits, os.path.join(args.cache, "prepared", "drums"))
+        dest = os.path.join(out, "data", "downstream")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(d["data"], dest)
+        d["data"] = dest
+        d["name"] = "Hydrogen drum kits, drum-instrument type, whole kits held out"
+        info["downstream"] = d
+        print(f"   clips {d['clips']}; classes {d['classes']}", flush=True)
+    else:
+        P.step("downstream: SYNTHETIC labelled sound kinds (no drum kits available)")
+        info["downstream"] = synthetic_downstream(out)
+    return info
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _fmt(t: dict) -> str:
+    return f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}"
+
+
+def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recipe, wall: float) -> dict:
+    ds = info["downstream"]
+    any_eval = next(iter(evals.values()))
+    protocol = any_eval["protocol"]
+    rows = []
+    for name, res in evals.items():
+        method = name.split(":")[-1]
+        kind = "logmel" if name == "logmel" else ("random init" if name.startswith("random:") else "pretrained")
+        t = res["test"]
+        rows.append({"upstream": name, "method": P.TITLES.get(method, "log-mel + linear") if name != "logmel"
+                     else "log-mel + linear", "init": kind, "protocol": protocol,
+                     "data": ds.get("name", ds["data"]), "metric": t["metric"], "mean": t["mean"], "std": t["std"],
+                     "values": t["values"], "lrs": res["lrs"],
+                     "pretraining_seconds": runs[method]["seconds"] if kind == "pretrained" else None,
+                     "pretraining_updates": runs[method]["updates"] if kind == "pretrained" else None})
+    verdicts = {}
+    for m in runs:
+        a, b = evals.get(m), evals.get(f"random:{m}")
+        if a and b:
+            gap = a["test"]["mean"] - b["test"]["mean"]
+            spread = max(a["test"]["std"], b["test"]["std"])
+            verdicts[m] = {"pretrained": a["test"]["mean"], "random": b["test"]["mean"], "gap": gap,
+                           "seed_spread": spread, "beats_random_by_more_than_spread": gap > spread}
+    chance = any_eval.get("chance")
+    summary = {
+        "title": "maeast-fairseq demo: pretraining on real recordings, frozen evaluation on held-out drum kits",
+        "note": "small-data CPU figures (tiny models, minutes of pretraining); NOT comparable to the papers' numbers",
+        "recipe": recipe.__dict__, "wall_seconds": round(wall, 1),
+        "pretraining_data": info["pretrain"], "fallback": info.get("fallback"),
+        "downstream": {k: v for k, v in ds.items() if k != "per_kit"}, "per_kit": ds.get("per_kit"),
+        "protocol": protocol, "chance": chance, "rows": rows, "verdicts": verdicts,
+        "pretraining": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in runs.items()},
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+    L = ["# maeast-fairseq demo results", ""]
+    if info.get("fallback"):
+        L += [f"> **FALLBACK: synthetic data** ({info['fallback']}). These numbers are not a result on real audio.", ""]
+    L += [f"Small-data CPU figures (tiny 64-wide 2-layer models, minutes of pretraining on "
+          f"{sum(info['pretrain']['seconds_per_source'].values()) / 60:.0f} min of audio): **not comparable to the "
+          "papers' numbers**.", "",
+          f"- pretraining audio: {info['pretrain']['description']} "
+          f"({', '.join(f'{k} {v / 60:.1f} min' for k, v in info['pretrain']['seconds_per_source'].items())})",
+          f"- downstream: {ds.get('name', ds['data'])}; classes {', '.join(ds.get('classes') or [])}; "
+          f"clips {ds.get('clips')}"]
+    if ds.get("kits"):
+        L.append(f"- kits: train {', '.join(ds['kits']['train'])}; dev {', '.join(ds['kits']['valid'])}; "
+                 f"**test (held out)** {', '.join(ds['kits']['test'])}")
+    L += [f"- protocol: {protocol}; lr picked on dev from {recipe.lr_sweep}; {recipe.head_steps} head steps; "
+          f"head seeds {recipe.seeds}; accuracy on the test kits, mean ± std over seeds"
+          + (f"; chance (majority class) {100 * chance:.1f}%" if chance is not None else ""),
+          f"- whole demo wall time: {wall / 60:.1f} min (recipe `{recipe.name}`)", "",
+          "| method | init | test accuracy (%) | pretraining |", "|---|---|---|---|"]
+    for r in rows:
+        pt = (f"{r['pretraining_updates']} updates, {r['pretraining_seconds'] / 60:.1f} min CPU"
+              if r["pretraining_seconds"] is not None else "-")
+        L.append(f"| {r['method']} | {r['init']} | {_fmt(r)} | {pt} |")
+    L += ["", "Pretrained vs random-init twin (same architecture, same head protocol):", ""]
+    for m, v in verdicts.items():
+        L.append(f"- {P.TITLES[m]}: {100 * v['pretrained']:.1f} vs {100 * v['random']:.1f} "
+                 f"(gap {100 * v['gap']:+.1f}, seed spread {100 * v['seed_spread']:.1f}) -> "
+                 f"{'beats it by more than the spread' if v['beats_random_by_more_than_spread'] else 'NOT clearly better'}")
+    L += ["", "Figures: `figures/loss_curves.png`, `figures/mae_ast_reconstruction.png`, "
+          "`figures/ssast_reconstruction.png`, `figures/eat_mask_and_targets.png`.", ""]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(L))
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--clips", type=int, default=64, help="synthetic clips to make (default: 64)")
-    p.add_argument("--updates", type=int, default=300, help="pretraining updates (default: 300)")
-    p.add_argument("--config", default="mae_ast_patch_tiny", help="config in examples/pretrain")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    recipe = P.RECIPES[args.recipe or ("quick" if args.quick else "full")]
+    if args.updates is not None:
+        recipe.updates = {m: args.updates for m in recipe.updates}
+    if args.pretrain_minutes is not None:
+        recipe.pretrain_minutes = args.pretrain_minutes
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = os.path.abspath(args.out)
-    for sub in ("audio", "heldout", "data", "checkpoints", "hydra"):  # a fresh run each time (no resume of an old demo)
+    for sub in ("checkpoints", "hydra", "eval", "figures", "logs", "data", "synthetic"):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
+    os.makedirs(os.path.join(out, "figures"), exist_ok=True)
     t0 = time.time()
+    print(f"maeast-fairseq demo (recipe {recipe.name}); outputs in {out}", flush=True)
 
-    step(f"making {args.clips} synthetic clips (melodies, chirps, noise, clicks; 8/16/22.05 kHz) in {out}/audio")
-    from maeast_fairseq.data.synthetic import make_corpus
-    make_corpus(os.path.join(out, "audio"), args.clips, seed=0)
+    info = get_data(args, out, recipe)
+    P.step("corpus log-mel statistics (maeast-stats) for SSAST / EAT's dataset normalisation")
+    stats = P.corpus_stats(info["pretrain"]["manifest"], out, recipe.stats_clips)
 
-    step("writing manifests with maeast-manifest (labels = the sound kind, from the folder names)")
-    data = os.path.join(out, "data")
-    subprocess.run([sys.executable, "-m", "manifests", os.path.join(out, "audio"), "--dest", data,
-                    "--ext", "wav", "--valid-percent", "0.2", "--seed", "1", "--labels-from", "parent"], check=True)
-    step("making a held-out test split (other clips, another seed) for the downstream examples")
-    make_corpus(os.path.join(out, "heldout"), max(8, args.clips // 4), seed=1)
-    subprocess.run([sys.executable, "-m", "manifests", os.path.join(out, "heldout"), "--dest",
-                    os.path.join(out, "heldout_data"), "--ext", "wav", "--valid-percent", "0", "--labels-from",
-                    "parent"], check=True)
-    for ext in ("tsv", "lbl"):
-        shutil.move(os.path.join(out, "heldout_data", f"train.{ext}"), os.path.join(data, f"test.{ext}"))
-    shutil.rmtree(os.path.join(out, "heldout_data"))
+    runs = {}
+    for i, m in enumerate(methods):
+        P.step(f"pretraining {i + 1}/{len(methods)}: {P.TITLES[m]} ({P.CONFIGS[m]}, {recipe.updates[m]} updates)")
+        runs[m] = P.pretrain(m, info["pretrain"]["manifest"], out, recipe, stats)
 
-    step(f"pretraining MAE-AST ({args.config}, {args.updates} updates) with fairseq-hydra-train")
-    env = dict(os.environ, MAEAST_USER_DIR=os.path.join(REPO, "maeast_fairseq"))
-    env.setdefault("OMP_NUM_THREADS", "1")  # a tiny model: more threads only add overhead
-    ckpt_dir = os.path.join(out, "checkpoints")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train"),
-           "--config-dir", os.path.join(REPO, "examples", "pretrain"), "--config-name", args.config,
-           f"task.data={os.path.join(out, 'data')}", f"checkpoint.save_dir={ckpt_dir}",
-           f"hydra.run.dir={os.path.join(out, 'hydra')}", f"optimization.max_update={args.updates}",
-           "checkpoint.save_interval_updates=100", "common.log_interval=25"]
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env)
+    evals = {}
+    data = info["downstream"]["data"]
+    ups = [(m, runs[m]["checkpoint"]) for m in methods] + [(f"random:{m}", f"random:{runs[m]['checkpoint']}")
+                                                          for m in methods] + [("logmel", "logmel")]
+    for i, (name, spec) in enumerate(ups):
+        P.step(f"evaluation {i + 1}/{len(ups)}: {name} (frozen, weighted layer sum + linear head, seeds "
+               f"{recipe.seeds})")
+        evals[name] = P.evaluate(spec, data, out, name.replace(":", "_"), recipe)
+        t = evals[name]["test"]
+        print(f"   {name}: test accuracy {100 * t['mean']:.1f} ± {100 * t['std']:.1f} "
+              f"({evals[name]['_seconds']:.0f} s)", flush=True)
 
-    step("extracting features from checkpoint_last.pt (no fairseq involved)")
-    import numpy as np
+    P.step("figures")
+    from maeast_fairseq.demo import plots
     from maeast_fairseq.audio import load_audio
-    from maeast_fairseq.checkpoint import load_pretrained
     from maeast_fairseq.data.manifest import read_manifest
-    model = load_pretrained(os.path.join(ckpt_dir, "checkpoint_last.pt"))
-    _, entries = read_manifest(os.path.join(out, "data", "valid.tsv"))
-    wavs = [load_audio(e.path, model.frontend.sample_rate) for e in entries]
-    emb = model.embed(wavs)
-    np.save(os.path.join(out, "valid_clip_embeddings.npy"), emb["clip"].numpy())
-    summary = {
-        "checkpoint": os.path.join(ckpt_dir, "checkpoint_last.pt"),
-        "clips": len(wavs), "clip_embedding_shape": list(emb["clip"].shape),
-        "token_features_shape": list(emb["x"].shape), "hidden_states": len(emb["hidden_states"]),
-        "seconds": round(time.time() - t0, 1),
-    }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(json.dumps(summary, indent=2))
-    step(f"done in {summary['seconds']} s; outputs in {out}")
-    return 0
+    figs = os.path.join(out, "figures")
+    print("   " + plots.loss_curves(runs, os.path.join(figs, "loss_curves.png"), P.TITLES), flush=True)
+    _, entries = read_manifest(os.path.join(info["pretrain"]["manifest"], "valid.tsv"))
+    # the figures' clip: a long speech piece when there is one (the most readable spectrogram), else the longest
+    entries = sorted(entries, key=lambda e: ("fillets" not in e.path, -e.num_samples))
+    wav = load_audio(entries[0].path, 16000)
+    for m in ("mae_ast", "ssast"):
+        if m in runs:
+            print("   " + plots.reconstruction(runs[m]["checkpoint"], wav,
+                                               os.path.join(figs, f"{m}_reconstruction.png"),
+                                               f"{P.TITLES[m]} after {runs[m]['updates']} updates: "
+                                               f"{os.path.basename(entries[0].path)}"), flush=True)
+    if "eat" in runs:
+        print("   " + plots.eat_figure(runs["eat"]["checkpoint"], runs["eat"]["curve"],
+                                       os.path.join(figs, "eat_mask_and_targets.png")), flush=True)
+        clips = [load_audio(e.path, 16000) for e in entries[:8]]
+        cos = plots.teacher_student_cosine(runs["eat"]["checkpoint"], clips)
+        runs["eat"]["teacher_student_cosine_end"] = cos
+        print(f"   EAT: cosine(student prediction, teacher target) at masked patches, end of training: {cos:.3f}",
+              flush=True)
+
+    wall = time.time() - t0
+    summary = write_results(out, info, runs, evals, recipe, wall)
+    P.step(f"done in {wall / 60:.1f} min: {out}/results.md, results.json, figures/*.png")
+    print(open(os.path.join(out, "results.md")).read(), flush=True)
+    return 0 if summary else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,274 @@
+"""Real recordings for the demo, from Debian packages (``apt-get download`` + ``dpkg -x``), cached and idempotent.
+
+* :func:`fetch_packages` downloads and unpacks packages into ``CACHE/pkgs/<name>/`` (skipped when unpacked already);
+  it raises :class:`FetchError` with a clear message when apt-get / dpkg are missing or the download fails.
+* :func:`prepare_pretraining` turns a set of folders into a bounded pretraining corpus: 16 kHz mono wav pieces of at
+  most ``piece_seconds`` (decoded and resampled ONCE here, so the three pretrainings don't decode ogg/flac again).
+* :func:`prepare_drums` builds the drum-instrument task from the Hydrogen drum kits: every kit's ``drumkit.xml``
+  names its instruments, mapped to coarse classes; whole kits are held out (train kits / one dev kit / test kits).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+
+#: pretraining packages (speech + instruments; DATA.md) and the drum-task packages
+PRETRAIN_PACKAGES = ("fillets-ng-data-cs", "sonic-pi-samples", "lmms-common", "klettres-data")
+DRUM_PACKAGES = ("hydrogen-drumkits", "hydrogen-data")
+
+#: coarse drum classes, matched on the lower-cased instrument name in this order (first hit wins)
+DRUM_CLASSES: Sequence[Tuple[str, str]] = (
+    ("hihat", r"hi-?\s*hat|\bhh\b|\bhat\b|\bhats?\b|ohh"),
+    ("cymbal", r"crash|ride|splash|china|cymbal"),
+    ("kick", r"kick|bass\s*drum|bassdrum|\bbd\b"),
+    ("snare", r"snare"),
+    ("tom", r"\btom|tom\b|tom\s*\d|tomhi|floor"),
+)
+#: kits the demo holds out (whole kits): one for dev (selection), several for test; the rest train.
+#: The Millo* kits (and Audiophob, built on the same template) share samples, so they all stay in train together.
+DEV_KITS = ("ColomboAcousticDrumkit",)
+TEST_KITS = ("GMRockKit", "ForzeeStereo", "TR808EmulationKit", "VariBreaks")
+
+
+class FetchError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Debian packages
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _apt_download(name: str, dest: str) -> str:
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise FetchError("apt-get / dpkg not found: this is not a Debian-like system. Point the demo at a folder "
+                         "of audio instead (AUDIO_DIR=... or --audio-dir ...)")
+
+    def attempt():
+        return subprocess.run(["apt-get", "download", name], cwd=dest, capture_output=True, text=True)
+
+    proc = attempt()
+    if proc.returncode != 0 and os.geteuid() == 0 and ("Unable to locate" in proc.stderr or
+                                                       "no installation candidate" in proc.stderr):
+        log(f"apt-get download {name}: {proc.stderr.strip().splitlines()[-1]}; running apt-get update once")
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True)
+        proc = attempt()
+    if proc.returncode != 0:
+        raise FetchError(f"apt-get download {name} failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
+    debs = sorted(glob.glob(os.path.join(dest, f"{name}_*.deb")))
+    if not debs:
+        raise FetchError(f"apt-get download {name} wrote no .deb in {dest}")
+    return debs[-1]
+
+
+def fetch_packages(names: Iterable[str], cache: str) -> Dict[str, str]:
+    """Download + unpack each package into ``cache/pkgs/<name>``; returns {name: unpacked folder}. Idempotent."""
+    out = {}
+    debs = os.path.join(cache, "debs")
+    os.makedirs(debs, exist_ok=True)
+    for name in names:
+        target = os.path.join(cache, "pkgs", name)
+        done = os.path.join(target, ".unpacked")
+        if os.path.isfile(done):
+            log(f"{name}: cached in {target}")
+            out[name] = target
+            continue
+        log(f"{name}: apt-get download + dpkg -x -> {target}")
+        deb = _apt_download(name, debs)
+        shutil.rmtree(target, ignore_errors=True)
+        os.makedirs(target)
+        proc = subprocess.run(["dpkg", "-x", deb, target], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise FetchError(f"dpkg -x {deb} failed: {proc.stderr.strip()[-400:]}")
+        open(done, "w").close()
+        os.remove(deb)  # the unpacked tree is the cache
+        out[name] = target
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio preparation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def audio_files(root: str) -> List[str]:
+    found = []
+    for d, _, files in os.walk(root, followlinks=True):
+        found += [os.path.join(d, f) for f in files if f.lower().endswith(AUDIO_EXTS)]
+    return sorted(found)
+
+
+def _write_wav(path: str, wav: np.ndarray, sr: int = 16000) -> None:
+    import soundfile as sf
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sf.write(path, wav.astype(np.float32), sr, subtype="PCM_16")
+
+
+def _load16k(path: str, quiet: bool = False) -> Optional[np.ndarray]:
+    from maeast_fairseq.audio import load_audio
+    try:
+        return load_audio(path, 16000).numpy()
+    except Exception as exc:  # unreadable / empty files are skipped (a few lmms ogg files libsndfile can't read)
+        if not quiet:
+            log(f"  skipped {path}: {exc}")
+        return None
+
+
+def prepare_pretraining(sources: Dict[str, List[str]], dest: str, *, max_seconds: float, piece_seconds: float = 3.0,
+                        min_seconds: float = 0.5, seed: int = 0) -> Tuple[str, Dict[str, float]]:
+    """Cut a seeded, bounded subset of ``sources`` ({source name: [files]}) into 16 kHz wav pieces under ``dest``.
+
+    Every source gets an equal share of ``max_seconds`` (what a source doesn't use goes to the others). Idempotent:
+    a ``.done`` marker with the same settings skips the work. Returns (dest, {source: seconds}).
+    """
+    key = f"v2 {sorted((k, len(v)) for k, v in sources.items())} {max_seconds} {piece_seconds} {min_seconds} {seed}"
+    marker = os.path.join(dest, ".done")
+    if os.path.isfile(marker) and open(marker).read().split("\n", 1)[0] == key:
+        secs = eval(open(marker).read().split("\n", 1)[1])  # noqa: S307 (our own file)
+        log(f"pretraining corpus cached in {dest} ({sum(secs.values()) / 60:.1f} min)")
+        return dest, secs
+    shutil.rmtree(dest, ignore_errors=True)
+    rng = random.Random(seed)
+    names = sorted(sources, key=lambda k: (len(sources[k]), k))  # small sources first: leftovers go to big ones
+    budget = max_seconds
+    used: Dict[str, float] = {}
+    piece = int(piece_seconds * 16000)
+    for i, name in enumerate(names):
+        share = budget / (len(names) - i)
+        files = list(sources[name])
+        rng.shuffle(files)
+        got = 0.0
+        for n_file, f in enumerate(files):
+            if got >= share:
+                break
+            wav = _load16k(f, quiet=True)
+            if wav is None or len(wav) < min_seconds * 16000 or float(np.abs(wav).max()) < 1e-4:
+                continue
+            for k, start in enumerate(range(0, len(wav), piece)):
+                chunk = wav[start:start + piece]
+                if len(chunk) < min_seconds * 16000 or got >= share:
+                    break
+                _write_wav(os.path.join(dest, name, f"{n_file:05d}_{k:02d}.wav"), chunk)
+                got += len(chunk) / 16000
+        used[name] = round(got, 1)
+        budget -= got
+        log(f"  pretraining audio from {name}: {got / 60:.1f} min")
+    with open(marker, "w") as fh:
+        fh.write(key + "\n" + repr(used))
+    return dest, used
+
+
+def write_unlabelled_manifest(root: str, dest: str, valid_fraction: float = 0.05, seed: int = 1) -> Dict[str, int]:
+    """train.tsv / valid.tsv over every audio file under ``root`` (sample counts at the file's own rate)."""
+    import soundfile as sf
+    from maeast_fairseq.data.manifest import write_manifest
+    files = audio_files(root)
+    if not files:
+        raise FetchError(f"no audio files ({', '.join(AUDIO_EXTS)}) under {root}")
+    entries = [(os.path.relpath(f, root), sf.info(f).frames) for f in files]
+    random.Random(seed).shuffle(entries)
+    n_valid = max(1, int(round(valid_fraction * len(entries)))) if len(entries) > 1 else 0
+    os.makedirs(dest, exist_ok=True)
+    write_manifest(os.path.join(dest, "valid.tsv"), os.path.abspath(root), entries[:n_valid] or entries[:1])
+    write_manifest(os.path.join(dest, "train.tsv"), os.path.abspath(root), entries[n_valid:] or entries)
+    return {"train": len(entries) - n_valid, "valid": n_valid}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The drum task (Hydrogen kits, whole kits held out)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def drum_class(instrument: str) -> Optional[str]:
+    name = instrument.lower()
+    if re.search(r"stick|rim\s*click|\bclick\b|cowbell|bell\b|tambourine", name) and not re.search(r"ride", name):
+        return None  # side sticks, rim clicks, bells: neither drum head nor cymbal; left out
+    for cls, pattern in DRUM_CLASSES:
+        if re.search(pattern, name):
+            return cls
+    return None
+
+
+def parse_kit(kit_dir: str) -> List[Tuple[str, str, str]]:
+    """[(audio path, instrument name, class)] for every layer of every instrument of a Hydrogen kit."""
+    root = ET.parse(os.path.join(kit_dir, "drumkit.xml")).getroot()
+    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    out = []
+    for inst in root.iter(ns + "instrument"):
+        name_el = inst.find(ns + "name")
+        name = (name_el.text or "").strip() if name_el is not None else ""
+        cls = drum_class(name)
+        if cls is None:
+            continue
+        for fn in inst.iter(ns + "filename"):
+            path = os.path.join(kit_dir, (fn.text or "").strip())
+            if fn.text and os.path.isfile(path):
+                out.append((path, name, cls))
+    return out
+
+
+def find_kits(roots: Iterable[str]) -> Dict[str, str]:
+    kits = {}
+    for r in roots:
+        for xml in glob.glob(os.path.join(r, "**", "drumkit.xml"), recursive=True):
+            kits[os.path.basename(os.path.dirname(xml))] = os.path.dirname(xml)
+    return kits
+
+
+def kit_split(kit: str, dev_kits=DEV_KITS, test_kits=TEST_KITS) -> str:
+    return "test" if kit in test_kits else "valid" if kit in dev_kits else "train"
+
+
+def prepare_drums(kits: Dict[str, str], dest: str, *, max_seconds: float = 2.0, dev_kits=DEV_KITS,
+                  test_kits=TEST_KITS) -> Dict:
+    """16 kHz wav copies (<= ``max_seconds``) of every classed drum sample + manifests ``train/valid/test`` with
+    ``.lbl`` and ``labels.txt`` in ``dest/data``. Splits are WHOLE KITS. Returns a summary."""
+    from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
+    audio_root = os.path.join(dest, "audio")
+    rows: Dict[str, List[Tuple[str, int, str]]] = {"train": [], "valid": [], "test": []}
+    per_kit: Dict[str, Dict[str, int]] = {}
+    seen = set()
+    for kit in sorted(kits):
+        split = kit_split(kit, dev_kits, test_kits)
+        for i, (path, inst, cls) in enumerate(parse_kit(kits[kit])):
+            if (kit, path) in seen:
+                continue
+            seen.add((kit, path))
+            safe_kit = re.sub(r"[^A-Za-z0-9_.-]+", "_", kit)
+            rel = os.path.join(safe_kit, f"{i:03d}_{cls}.wav")
+            out = os.path.join(audio_root, rel)
+            if not os.path.isfile(out):
+                wav = _load16k(path)
+                if wav is None or len(wav) < 400:
+                    continue
+                _write_wav(out, wav[:int(max_seconds * 16000)])
+            import soundfile as sf
+            rows[split].append((rel, sf.info(out).frames, cls))
+            per_kit.setdefault(kit, {}).setdefault(cls, 0)
+            per_kit[kit][cls] += 1
+    classes = sorted({c for r in rows.values() for _, _, c in r})
+    data = os.path.join(dest, "data")
+    os.makedirs(data, exist_ok=True)
+    for split, r in rows.items():
+        if not r:
+            raise FetchError(f"the drum task has no {split} clips (kits found: {sorted(kits)})")
+        write_manifest(os.path.join(data, f"{split}.tsv"), os.path.abspath(audio_root), [(p, n) for p, n, _ in r])
+        write_labels(os.path.join(data, f"{split}.lbl"), [[c] for _, _, c in r])
+    write_label_list(os.path.join(data, "labels.txt"), classes)
+    kits_of = {s: sorted(k for k in per_kit if kit_split(k, dev_kits, test_kits) == s) for s in rows}
+    return {"data": data, "classes": classes, "clips": {s: len(r) for s, r in rows.items()}, "kits": kits_of,
+            "per_kit": per_kit}

@@ -1,0 +1,175 @@
+"""The demo pipeline: data -> corpus statistics -> three pretrainings -> frozen SUPERB-style evaluation -> results.
+
+Every step prints what it does; outputs go to one folder (``runs/demo`` by default):
+``results.md``, ``results.json``, ``figures/*.png``, ``logs/*.log``, ``checkpoints/<method>/``, ``data/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+METHODS = ("mae_ast", "eat", "ssast")
+CONFIGS = {"mae_ast": "mae_ast_patch_tiny", "eat": "eat_base_tiny", "ssast": "ssast_patch_tiny"}
+TITLES = {"mae_ast": "MAE-AST (patch)", "eat": "EAT", "ssast": "SSAST (patch)"}
+
+
+@dataclass
+class Recipe:
+    """How much of everything: the budget knobs of one demo mode."""
+    name: str
+    pretrain_minutes: float            # audio in the pretraining corpus
+    updates: Dict[str, int]            # pretraining updates per method
+    batch_size: int = 16
+    lr: Dict[str, float] = field(default_factory=dict)
+    head_steps: int = 1000
+    lr_sweep: str = "1e-3,1e-4"
+    seeds: str = "0,1,2"
+    stats_clips: int = 300
+
+
+RECIPES = {
+    "full": Recipe("full", pretrain_minutes=45.0, updates={"mae_ast": 4000, "eat": 2000, "ssast": 3000},
+                   lr={"mae_ast": 1e-3, "eat": 1e-3, "ssast": 1e-3}),
+    "quick": Recipe("quick", pretrain_minutes=15.0, updates={"mae_ast": 1200, "eat": 600, "ssast": 900},
+                    lr={"mae_ast": 1e-3, "eat": 1e-3, "ssast": 1e-3}, head_steps=600, stats_clips=150),
+    "test": Recipe("test", pretrain_minutes=1.0, updates={"mae_ast": 6, "eat": 6, "ssast": 6}, batch_size=4,
+                   head_steps=20, lr_sweep="1e-3", seeds="0,1,2", stats_clips=20),
+}
+
+
+def step(msg: str) -> None:
+    print(f"\n==> [{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _console(name: str) -> str:
+    local = os.path.join(os.path.dirname(sys.executable), name)
+    return local if os.path.exists(local) else name
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pretraining
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pretrain(method: str, data: str, out: str, recipe: Recipe, stats: Dict[str, float]) -> Dict:
+    """fairseq-hydra-train with the tiny config + overrides; streams progress, keeps the log, returns a summary."""
+    ckpt_dir = os.path.join(out, "checkpoints", method)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log_path = os.path.join(out, "logs", f"pretrain_{method}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    updates = recipe.updates[method]
+    lr = recipe.lr.get(method)
+    over = [f"task.data={data}", f"checkpoint.save_dir={ckpt_dir}",
+            f"hydra.run.dir={os.path.join(out, 'hydra', method)}", f"optimization.max_update={updates}",
+            f"dataset.batch_size={recipe.batch_size}", "common.log_format=json",
+            f"common.log_interval={max(1, min(25, updates // 20))}",
+            f"checkpoint.save_interval_updates={updates}", "checkpoint.save_interval=100000",
+            "dataset.validate_interval_updates=0", "dataset.validate_interval=100000",
+            "dataset.disable_validation=true"]
+    if method == "mae_ast":  # MAE-AST normalises in the model (BatchNorm); crops of 2.56 s like the others
+        over += ["task.max_frames=256", "task.min_sample_size=4000"]
+    else:
+        over += [f"task.norm_mean={stats['mean']:.6f}", f"task.norm_std={stats['std']:.6f}", "task.min_sample_size=4000"]
+    if method == "eat":  # the teacher EMA anneals over the whole run
+        over += [f"model.ema_anneal_end_step={max(1, updates)}"]
+        if lr:
+            over += [f"optimizer.groups.default.lr_float={lr}", f"optimizer.groups.no_decay.lr_float={lr}"]
+    elif lr:
+        over += [f"optimization.lr=[{lr}]"]
+    cmd = [_console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples", "pretrain"),
+           "--config-name", CONFIGS[method]] + over
+    env = dict(os.environ, MAEAST_USER_DIR=os.path.join(REPO, "maeast_fairseq"))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    print("   " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    last_print = 0.0
+    with open(log_path, "w") as logf:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=out)
+        for line in proc.stdout:
+            logf.write(line)
+            rec = parse_train_line(line)
+            if rec and time.time() - last_print > 10:
+                last_print = time.time()
+                print(f"   {method}: update {rec['num_updates']}/{updates}  loss {rec['loss']:.4f}  "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+        rc = proc.wait()
+    seconds = time.time() - t0
+    if rc != 0:
+        tail = open(log_path).read()[-3000:]
+        raise RuntimeError(f"pretraining {method} failed (exit {rc}); log {log_path}:\n{tail}")
+    curve = read_curve(log_path)
+    ckpt = os.path.join(ckpt_dir, "checkpoint_last.pt")
+    print(f"   {method}: {updates} updates in {seconds:.0f} s; loss {curve[0]['loss'] if curve else '?'} -> "
+          f"{curve[-1]['loss'] if curve else '?'}; {ckpt}", flush=True)
+    return {"method": method, "config": CONFIGS[method], "updates": updates, "seconds": round(seconds, 1),
+            "checkpoint": ckpt, "log": log_path, "overrides": over, "curve": curve}
+
+
+def parse_train_line(line: str) -> Optional[Dict]:
+    if "train_inner" not in line or "{" not in line:
+        return None
+    try:
+        rec = json.loads(line[line.index("{"):].strip())
+    except ValueError:
+        return None
+    out = {}
+    for k, v in rec.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            pass
+    if "num_updates" not in out or "loss" not in out:
+        return None
+    out["num_updates"] = int(out["num_updates"])
+    return out
+
+
+def read_curve(log_path: str) -> List[Dict]:
+    with open(log_path) as f:
+        return [r for r in (parse_train_line(line) for line in f) if r]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics, evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def corpus_stats(data: str, out: str, clips: int) -> Dict[str, float]:
+    path = os.path.join(out, "logs", "corpus_stats.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    cmd = [sys.executable, "-m", "maeast_fairseq.cli.stats", data, "--split", "train", "--window", "hanning",
+           "--max-clips", str(clips), "--json", path, "--workers", "2", "--progress-every", "100"]
+    print("   " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    with open(path) as f:
+        st = json.load(f)
+    mean = st.get("mean", st.get("norm_mean"))
+    std = st.get("std", st.get("norm_std"))
+    print(f"   corpus log-mel mean {mean:.4f}, std {std:.4f} (hanning window, {clips} clips at most)", flush=True)
+    return {"mean": float(mean), "std": float(std), "json": path}
+
+
+def evaluate(upstream: str, data: str, out: str, name: str, recipe: Recipe) -> Dict:
+    from maeast_fairseq.cli.evaluate import main as eval_main
+    path = os.path.join(out, "eval", f"{name}.json")
+    argv = [upstream, "--data", data, "--lr-sweep", recipe.lr_sweep, "--seeds", recipe.seeds,
+            "--steps", str(recipe.head_steps), "--eval-every", "25", "--json", path, "--quiet",
+            "--cache", os.path.join(out, "eval", "cache"), "--device", "cpu", "--threads", "1",
+            "--extract-batch-size", "16"]
+    t0 = time.time()
+    rc = eval_main(argv)
+    if rc != 0:
+        raise RuntimeError(f"maeast-evaluate {' '.join(argv)} failed (exit {rc})")
+    with open(path) as f:
+        res = json.load(f)
+    res["_seconds"] = round(time.time() - t0, 1)
+    return res

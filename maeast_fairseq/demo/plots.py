@@ -1,0 +1,160 @@
+"""The demo's figures (matplotlib, Agg backend): loss curves, MAE-AST / SSAST spectrogram + mask + reconstruction,
+EAT's inverse block mask and the teacher/student statistics over training."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def loss_curves(runs: Dict[str, Dict], path: str, titles: Dict[str, str]) -> str:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False)
+    for ax, (method, run) in zip(axes[0], runs.items()):
+        curve = run["curve"]
+        if curve:
+            u = [r["num_updates"] for r in curve]
+            ax.plot(u, [r["loss"] for r in curve], label="loss", color="C0")
+            for key, c in (("nce", "C1"), ("recon", "C2"), ("frame_loss", "C1"), ("utterance_loss", "C2")):
+                if key in curve[0]:
+                    ax.plot(u, [r.get(key, np.nan) for r in curve], label=key, color=c, alpha=0.7, lw=1)
+            ax.legend(fontsize=7)
+            ax.set_yscale("log")
+        ax.set_title(f"{titles.get(method, method)}: {run['seconds']:.0f} s CPU", fontsize=9)
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _clip_fbank(pre, wav: torch.Tensor, frames: int) -> torch.Tensor:
+    """The clip's normalised log-mel (1, frames, F), cropped / zero-padded to ``frames`` as in pretraining."""
+    from maeast_fairseq.frontend import normalise
+    lm = pre.log_mel(pre.prepare([wav]))[0]
+    if lm.shape[0] >= frames:
+        lm = lm[:frames]
+    else:
+        lm = torch.cat([lm, torch.zeros(frames - lm.shape[0], lm.shape[1])])
+    return normalise(lm, pre.frontend)[None]
+
+
+def reconstruction(ckpt: str, wav: torch.Tensor, path: str, title: str, frames: int = 256, seed: int = 0) -> str:
+    """MAE-AST / SSAST: input spectrogram (model space), its mask, the reconstruction of the masked patches."""
+    from maeast_fairseq.checkpoint import load_pretrained
+    from maeast_fairseq.core.rng import MaskRNG
+    plt = _plt()
+    pre = load_pretrained(ckpt, keep_pretraining_modules=True)
+    model = pre.model.eval()
+    x = _clip_fbank(pre, wav, frames)
+    tok = model.tokenizer
+    n_time = tok.n_time(frames)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model(x, None, MaskRNG.from_generator(torch.Generator().manual_seed(seed), 1, x.device))
+        _, patches, _ = model.embed(x, None)
+    mask = out["mask"][0]                               # (N,) True = masked
+    recon = patches[0].clone()
+    recon[mask] = out["recon"][0][: int(mask.sum())].to(recon.dtype)
+    orig_img = tok.unpatchify(patches, n_time)[0]       # (T, F): the targets (model-normalised input)
+    rec_img = tok.unpatchify(recon[None], n_time)[0]
+    mask_img = tok.unpatchify(mask[None, :, None].float().expand(-1, -1, patches.shape[-1]), n_time)[0]
+    vmin, vmax = float(orig_img.min()), float(orig_img.max())
+    fig, axes = plt.subplots(3, 1, figsize=(7, 6.5), sharex=True)
+    for ax, img, name in ((axes[0], orig_img, "input (normalised log-mel, the target)"),
+                          (axes[1], mask_img, f"mask: {100 * float(mask.float().mean()):.0f}% of patches hidden (black)"),
+                          (axes[2], rec_img, "visible patches + the model's reconstruction of the hidden ones")):
+        kw = dict(vmin=0, vmax=1, cmap="gray_r") if img is mask_img else dict(vmin=vmin, vmax=vmax, cmap="magma")
+        ax.imshow(img.T.numpy(), origin="lower", aspect="auto", interpolation="nearest", **kw)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("mel bin")
+    axes[-1].set_xlabel("frame (10 ms)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def eat_figure(ckpt: str, curve: List[Dict], path: str, frames: int = 256, seed: int = 0) -> str:
+    """EAT: one inverse block mask on the clip's patch grid (and the 1024-frame base grid), and the teacher/student
+    statistics the criterion logs over training (frame loss = student-prediction vs teacher-target MSE; target and
+    prediction variance)."""
+    from maeast_fairseq.checkpoint import load_pretrained
+    from maeast_fairseq.core.masking import inverse_block_mask
+    from maeast_fairseq.core.rng import MaskRNG
+    plt = _plt()
+    pre = load_pretrained(ckpt)
+    cfg = pre.model.cfg
+    tok = pre.tokenizer
+    grid = (tok.n_time(frames), tok.n_freq)
+    g = torch.Generator().manual_seed(seed)
+    m_small = inverse_block_mask(MaskRNG.from_generator(g, 1, torch.device("cpu")), grid, cfg.mask_ratio,
+                                 cfg.mask_prob_adjust, cfg.mask_block)[0].reshape(grid)
+    m_base = inverse_block_mask(MaskRNG.from_generator(g, 1, torch.device("cpu")), (64, 8), 0.8, 0.07,
+                                5)[0].reshape(64, 8)
+    fig = plt.figure(figsize=(11, 6))
+    ax1 = fig.add_subplot(2, 2, 1)
+    ax1.imshow(m_small.T.float().numpy(), origin="lower", aspect="auto", cmap="gray_r", vmin=0, vmax=1)
+    ax1.set_title(f"inverse block mask, demo grid {grid[0]}x{grid[1]} patches "
+                  f"({100 * float(m_small.float().mean()):.0f}% masked; white = kept)", fontsize=8)
+    ax1.set_xlabel("time patch")
+    ax1.set_ylabel("freq patch")
+    ax2 = fig.add_subplot(2, 2, 2)
+    ax2.imshow(m_base.T.float().numpy(), origin="lower", aspect="auto", cmap="gray_r", vmin=0, vmax=1)
+    ax2.set_title(f"the same on EAT-base's 64x8 grid (10 s clips; {100 * float(m_base.float().mean()):.0f}% masked)",
+                  fontsize=8)
+    ax2.set_xlabel("time patch")
+    ax3 = fig.add_subplot(2, 2, 3)
+    ax4 = fig.add_subplot(2, 2, 4)
+    if curve:
+        u = [r["num_updates"] for r in curve]
+        for key, c in (("frame_loss", "C0"), ("utterance_loss", "C1")):
+            if key in curve[0]:
+                ax3.plot(u, [r[key] for r in curve], label=key, color=c)
+        ax3.set_yscale("log")
+        ax3.set_title("student vs teacher: frame (patch) and utterance (CLS) regression losses", fontsize=8)
+        ax3.legend(fontsize=7)
+        for key, c in (("target_var", "C2"), ("pred_var", "C3")):
+            if key in curve[0]:
+                ax4.plot(u, [r[key] for r in curve], label=key, color=c)
+        if "ema_decay" in curve[0]:
+            ax4b = ax4.twinx()
+            ax4b.plot(u, [r["ema_decay"] for r in curve], color="gray", ls="--", lw=1, label="EMA decay")
+            ax4b.set_ylabel("teacher EMA decay", fontsize=7)
+        ax4.set_title("teacher target / student prediction variance", fontsize=8)
+        ax4.legend(fontsize=7, loc="upper left")
+    for ax in (ax3, ax4):
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def teacher_student_cosine(ckpt: str, wavs: List[torch.Tensor], frames: int = 256, seed: int = 0) -> float:
+    """Mean cosine similarity between the EMA teacher's targets and the student's predictions at masked patches of
+    a few clips, at this checkpoint (needs the pretraining modules)."""
+    from maeast_fairseq.checkpoint import load_pretrained
+    from maeast_fairseq.core.rng import MaskRNG
+    pre = load_pretrained(ckpt, keep_pretraining_modules=True)
+    model = pre.model.eval()
+    x = torch.cat([_clip_fbank(pre, w, frames) for w in wavs])
+    with torch.no_grad():
+        out = model(x, None, MaskRNG.from_generator(torch.Generator().manual_seed(seed), x.shape[0], x.device))
+    pred, tgt = out.get("pred"), out.get("target")
+    if pred is None or tgt is None or pred.shape != tgt.shape:
+        return float("nan")
+    return float(torch.nn.functional.cosine_similarity(pred.flatten(0, -2), tgt.flatten(0, -2), dim=-1).mean())

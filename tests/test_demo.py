@@ -1,0 +1,124 @@
+"""The demo pipeline end to end on a tiny synthetic corpus (no network): --audio-dir for pretraining audio and a
+labelled --downstream-data folder; checks results.md / results.json and the PNG figures."""
+import json
+import os
+
+import pytest
+
+pytest.importorskip("fairseq")
+pytest.importorskip("matplotlib")
+
+
+def _labelled(root, data):
+    import soundfile as sf
+    from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
+    from maeast_fairseq.data.synthetic import make_corpus
+
+    os.makedirs(data, exist_ok=True)
+    kinds = set()
+    for split, seed, n in (("train", 10, 12), ("valid", 11, 6), ("test", 12, 6)):
+        made = make_corpus(os.path.join(root, split), n, seed=seed, rates=(16000,), seconds=(0.6, 1.2))
+        write_manifest(os.path.join(data, f"{split}.tsv"), str(root),
+                       [(os.path.relpath(p, root), sf.info(p).frames) for p, _ in made])
+        write_labels(os.path.join(data, f"{split}.lbl"), [[k] for _, k in made])
+        kinds |= {k for _, k in made}
+    write_label_list(os.path.join(data, "labels.txt"), sorted(kinds))
+
+
+def test_demo_end_to_end_offline(tmp_path, monkeypatch):
+    from maeast_fairseq.cli import demo
+    from maeast_fairseq.data.synthetic import make_corpus
+    from maeast_fairseq.demo import fetch
+
+    def no_network(*a, **k):
+        raise AssertionError("the test must not fetch packages")
+
+    monkeypatch.setattr(fetch, "fetch_packages", no_network)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    make_corpus(str(tmp_path / "audio"), 16, seed=0, seconds=(1.0, 2.0))
+    _labelled(tmp_path / "labelled", str(tmp_path / "downstream"))
+    out = tmp_path / "demo"
+    rc = demo.main(["--recipe", "test", "--out", str(out), "--audio-dir", str(tmp_path / "audio"),
+                    "--downstream-data", str(tmp_path / "downstream"), "--cache", str(tmp_path / "cache")])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    ups = {r["upstream"] for r in res["rows"]}
+    assert ups == {"mae_ast", "eat", "ssast", "random:mae_ast", "random:eat", "random:ssast", "logmel"}
+    for r in res["rows"]:
+        assert 0.0 <= r["mean"] <= 1.0 and len(r["values"]) == 3
+        assert r["protocol"].startswith("frozen")
+    assert set(res["verdicts"]) == {"mae_ast", "eat", "ssast"}
+    assert res["pretraining"]["mae_ast"]["seconds"] > 0
+    md = (out / "results.md").read_text()
+    assert "not comparable" in md and "| MAE-AST (patch) | pretrained |" in md
+    for png in ("loss_curves", "mae_ast_reconstruction", "ssast_reconstruction", "eat_mask_and_targets"):
+        p = out / "figures" / f"{png}.png"
+        assert p.is_file() and p.stat().st_size > 5000, png
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_drum_classes():
+    from maeast_fairseq.demo.fetch import drum_class, kit_split
+
+    expect = {"Kick": "kick", "c3 - bass drum 1": "kick", "BassDrum": "kick", "Snare Rimshot": "snare",
+              "Closed HH": "hihat", "Hi-Hat Open (Paiste)": "hihat", "Sabian Hat Choke": "hihat", "Side OHH": "hihat",
+              "Floor Tom": "tom", "tomhi2": "tom", "Pearl Tom 1": "tom", "Crash/Ride Bell": "cymbal",
+              "Ride Bell": "cymbal", "Zildjian Splash": "cymbal", "China (Paiste Alpha 18\")": "cymbal",
+              "Stick": None, "Pearl Side Stick": None, "Cowbell": None, "Hand Clap": None, "Djembe1 Bass": None}
+    assert {k: drum_class(k) for k in expect} == expect
+    assert kit_split("GMRockKit") == "test" and kit_split("ColomboAcousticDrumkit") == "valid"
+    assert kit_split("BJA_Pacific") == "train"
+
+
+def test_drum_kit_parsing(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from maeast_fairseq.demo.fetch import find_kits, prepare_drums
+
+    xml = ('<?xml version="1.0"?><drumkit_info xmlns="http://www.hydrogen-music.org/drumkit"><name>K</name>'
+           '<instrumentList>{}</instrumentList></drumkit_info>')
+    inst = "<instrument><name>{}</name><layer><filename>{}</filename></layer></instrument>"
+    rng = np.random.default_rng(0)
+    for kit in ("KitA", "ColomboAcousticDrumkit", "GMRockKit"):
+        d = tmp_path / "kits" / kit
+        d.mkdir(parents=True)
+        body = ""
+        for name in ("Kick", "Snare", "Closed HH", "Cowbell"):
+            fn = name.replace(" ", "_") + ".wav"
+            sf.write(str(d / fn), rng.standard_normal(8000).astype("float32") * 0.1, 44100)
+            body += inst.format(name, fn)
+        (d / "drumkit.xml").write_text(xml.format(body))
+    info = prepare_drums(find_kits([str(tmp_path / "kits")]), str(tmp_path / "out"))
+    assert info["clips"] == {"train": 3, "valid": 3, "test": 3}
+    assert info["classes"] == ["hihat", "kick", "snare"]
+    assert info["kits"] == {"train": ["KitA"], "valid": ["ColomboAcousticDrumkit"], "test": ["GMRockKit"]}
+    lbl = (tmp_path / "out" / "data" / "test.lbl").read_text().split()
+    assert sorted(lbl) == ["hihat", "kick", "snare"]
+
+
+def test_fetch_without_apt_says_so(tmp_path, monkeypatch):
+    from maeast_fairseq.demo import fetch
+
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    with pytest.raises(fetch.FetchError, match="apt-get / dpkg not found.*AUDIO_DIR"):
+        fetch.fetch_packages(["hydrogen-drumkits"], str(tmp_path))
+
+
+def test_fetch_is_idempotent(tmp_path, monkeypatch):
+    from maeast_fairseq.demo import fetch
+
+    done = tmp_path / "pkgs" / "sonic-pi-samples"
+    done.mkdir(parents=True)
+    (done / ".unpacked").touch()
+    monkeypatch.setattr(fetch, "_apt_download", lambda *a: pytest.fail("a cached package was downloaded again"))
+    assert fetch.fetch_packages(["sonic-pi-samples"], str(tmp_path)) == {"sonic-pi-samples": str(done)}
+
+
+def test_parse_train_line():
+    from maeast_fairseq.demo.pipeline import parse_train_line
+
+    line = ('[2026-11-22 00:59:05,675][train_inner][INFO] - {"epoch": 29, "loss": "4.5997", "frame_loss": "3.5745", '
+            '"lr_default": "0.0001", "num_updates": "2000"}')
+    rec = parse_train_line(line)
+    assert rec["num_updates"] == 2000 and rec["loss"] == pytest.approx(4.5997) and rec["frame_loss"] > 3
+    assert parse_train_line("[train][INFO] - {\"loss\": 1}") is None
