@@ -77,21 +77,24 @@ class FbankDataset(FairseqDataset):
             raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
         if self.frontend.subtract_waveform_mean:
             wav = wav - wav.mean()
+        wav = self.augment_waveform(wav, index)
         if self.on_device:
-            frames = int(num_frames(wav.shape[0], self.fbank.cfg))
-            if frames < self.min_frames:
-                raise ValueError(
-                    f"{self.manifest}:{e.line}: {e.path} decodes to {frames} frames, fewer than one patch "
-                    f"({self.min_frames} frames); remove it or raise task.min_sample_size"
-                )
+            self._check_frames(e, int(num_frames(wav.shape[0], self.fbank.cfg)))
             return {"id": index, "wav": wav}
         feats, _ = self.fbank(wav)
-        if feats.shape[0] < self.min_frames:
+        self._check_frames(e, feats.shape[0])
+        return {"id": index, "fbank": feats}
+
+    def augment_waveform(self, wav: torch.Tensor, index: int) -> torch.Tensor:
+        """Hook for waveform augmentation (after mean removal, before the fbank); none in pretraining."""
+        return wav
+
+    def _check_frames(self, e, frames: int) -> None:
+        if frames < self.min_frames:
             raise ValueError(
-                f"{self.manifest}:{e.line}: {e.path} decodes to {feats.shape[0]} frames, fewer than one patch "
+                f"{self.manifest}:{e.line}: {e.path} decodes to {frames} frames, fewer than one patch "
                 f"({self.min_frames} frames); remove it or raise task.min_sample_size"
             )
-        return {"id": index, "fbank": feats}
 
     def collater(self, samples: List[dict]):
         samples = [s for s in samples if s is not None]

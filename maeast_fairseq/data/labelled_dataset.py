@@ -23,7 +23,6 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from ..audio import AudioError, load_audio
 from ..core.rng import MaskRNG
 from .fbank_dataset import FbankDataset
 from .manifest import ManifestError, read_labels, read_manifest
@@ -73,26 +72,13 @@ class LabelledFbankDataset(FbankDataset):
     def labels_of(self, index: int) -> np.ndarray:
         return self.label_index[self.label_offsets[index]:self.label_offsets[index + 1]]
 
-    def __getitem__(self, index: int):
-        e = self.entries[index]
-        try:
-            wav = load_audio(e.path, self.frontend.sample_rate)
-        except AudioError as err:
-            raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
-        if self.frontend.subtract_waveform_mean:
-            wav = wav - wav.mean()
-        if self.roll_aug:
-            rng = np.random.default_rng([self.seed, self.epoch, index, ROLL_SALT])
-            shift = int(rng.integers(0, max(1, len(wav))))
-            gain = float(rng.beta(10, 10) + 0.5)
-            wav = torch.roll(torch.as_tensor(wav), shift) * gain
-        feats, _ = self.fbank(wav)
-        if feats.shape[0] < self.min_frames:
-            raise ValueError(
-                f"{self.manifest}:{e.line}: {e.path} decodes to {feats.shape[0]} frames, fewer than one patch "
-                f"({self.min_frames} frames); remove it or raise task.min_sample_size"
-            )
-        return {"id": index, "fbank": feats}
+    def augment_waveform(self, wav: torch.Tensor, index: int) -> torch.Tensor:
+        if not self.roll_aug:
+            return wav
+        rng = np.random.default_rng([self.seed, self.epoch, index, ROLL_SALT])
+        shift = int(rng.integers(0, max(1, len(wav))))
+        gain = float(rng.beta(10, 10) + 0.5)
+        return torch.roll(torch.as_tensor(wav), shift) * gain
 
     def collater(self, samples: List[dict]):
         batch = super().collater(samples)
