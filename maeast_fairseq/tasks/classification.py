@@ -26,7 +26,7 @@ from typing import List, Optional
 
 import torch
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING, OmegaConf, open_dict
 
 from ..core.classifier import load_checkpoint
@@ -34,6 +34,7 @@ from ..criterions import classification as _criterion  # noqa: F401  (registers 
 from ..data.labelled_dataset import LabelledFbankDataset
 from ..data.manifest import LABEL_LIST_NAME, label_path_for, read_label_list
 from ..frontend import FrontendConfig, check_frontend
+from .base import AudioTask
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def read_checkpoint_cfg(path: str) -> dict:
 
 
 @register_task("maeast_classification", dataclass=ClassificationTaskConfig)
-class ClassificationTask(FairseqTask):
+class ClassificationTask(AudioTask):
     cfg: ClassificationTaskConfig
 
     def __init__(self, cfg: ClassificationTaskConfig, class_names: List[str], patch_frames: int = 1):
@@ -189,17 +190,6 @@ class ClassificationTask(FairseqTask):
             check_optimizer_groups(model, optimizer)
             self._optimizer_checked = True
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
-
-    def max_positions(self):
-        return None
 
 
 def check_optimizer_groups(model, optimizer) -> None:

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from ..data.fbank_dataset import FbankDataset
 from ..fbank import Fbank
 from ..frontend import FrontendConfig, collate_padded, fbank_config
+from .base import AudioTask
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class PretrainingTaskConfig(FairseqDataclass, FrontendConfig):
 
 
 @register_task("maeast_pretraining", dataclass=PretrainingTaskConfig)
-class PretrainingTask(FairseqTask):
+class PretrainingTask(AudioTask):
     cfg: PretrainingTaskConfig
 
     @classmethod
@@ -119,14 +120,3 @@ class PretrainingTask(FairseqTask):
         model.eval()
         with torch.no_grad(), self._autocast(sample):
             return criterion(model, sample)
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
-
-    def max_positions(self):
-        return None
