@@ -38,3 +38,14 @@ def console(name: str) -> str:
     if not os.path.exists(path):
         pytest.fail(f"{name} is not installed next to {sys.executable}; run `make test` (it installs the stack)")
     return path
+
+
+# Python source to put first in a `python -c` program: from then on, importing fairseq raises ImportError.
+BLOCK_FAIRSEQ = (
+    "import sys\n"
+    "class _BlockFairseq:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'fairseq':\n"
+    "            raise ImportError('fairseq is blocked in this test')\n"
+    "sys.meta_path.insert(0, _BlockFairseq())\n"
+)

@@ -15,7 +15,7 @@ from maeast_fairseq.data.fbank_dataset import FbankDataset  # noqa: E402
 from maeast_fairseq.data.manifest import ManifestError  # noqa: E402
 from maeast_fairseq.frontend import FrontendConfig  # noqa: E402
 
-from conftest import REPO  # noqa: E402
+from conftest import BLOCK_FAIRSEQ, REPO  # noqa: E402
 
 
 def write(tmp_path, lines):
@@ -80,13 +80,7 @@ def test_crop_to_shortest_is_deterministic_per_epoch(tmp_path):
 
 def test_core_imports_without_fairseq():
     """The core (features, masking, model modules, losses, checkpoint loading) never imports fairseq."""
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'fairseq' or name.startswith('fairseq.'):\n"
-        "            raise ImportError('fairseq is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n"
+    code = BLOCK_FAIRSEQ + (
         "import torch\n"
         "import maeast_fairseq, maeast_fairseq.audio, maeast_fairseq.fbank, maeast_fairseq.frontend\n"
         "import maeast_fairseq.checkpoint, maeast_fairseq.data.manifest, maeast_fairseq.data.synthetic\n"

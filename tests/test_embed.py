@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import BLOCK_FAIRSEQ, REPO
 from maeast_fairseq import checkpoint as C
 from maeast_fairseq.audio import resample
 from maeast_fairseq.checkpoint import CheckpointError, load_pretrained
@@ -382,13 +382,7 @@ def test_fine_tuned_classifier_checkpoints(tmp_path, registered, kind, strides):
 # --------------------------------------------------------------------------------------------- no fairseq
 def test_embedding_api_works_where_fairseq_cannot_be_imported(tmp_path):
     path, _ = save_fake(tmp_path / "m.pt", "mae_ast_patch")
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'fairseq' or name.startswith('fairseq.'):\n"
-        "            raise ImportError('fairseq is blocked in this test')\n"
-        "sys.meta_path.insert(0, Block())\n"
+    code = BLOCK_FAIRSEQ + (
         "import numpy as np, torch\n"
         "from maeast_fairseq.checkpoint import load_pretrained\n"
         "from maeast_fairseq.interop import hear, s3prl\n"

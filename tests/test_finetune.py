@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, console, fairseq_env
+from conftest import BLOCK_FAIRSEQ, REPO, console, fairseq_env
 from maeast_fairseq.core.classifier import (
     AudioClassifier,
     ClassifierConfig,
@@ -128,13 +128,7 @@ def test_predict_cli_prints_top_labels(finetuned, labelled, tmp_path):
     clips = [os.path.join(root, line.split("\t")[0]) for line in
              (labelled / "data" / "valid.tsv").read_text().splitlines()[1:3]]
     # the checkpoint alone is enough: no data folder, no pretrained checkpoint, no fairseq
-    code = ("import sys\n"
-            "class NoFairseq:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] == 'fairseq':\n"
-            "            raise ImportError('fairseq is blocked in this test')\n"
-            "sys.meta_path.insert(0, NoFairseq())\n"
-            "from maeast_fairseq.cli.predict import main\n"
+    code = BLOCK_FAIRSEQ + ("from maeast_fairseq.cli.predict import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     proc = subprocess.run([sys.executable, "-c", code, str(ckpt / "checkpoint_best.pt"), *clips, "--top", "2",
                            "--json", str(tmp_path / "pred.json")], env=env(), capture_output=True, text=True,
