@@ -27,12 +27,21 @@ It keeps float32 storage even when the model is cast to half precision (``model.
 an EMA with a decay of 0.9998-0.99999 moves the weights by less than half precision resolves.
 :meth:`Eat.ema_step` performs one EMA update; the caller (the fairseq model's ``set_num_updates``) decides when.
 
+Numerics: under autocast (fairseq ``--amp``, or ``torch.autocast`` on CPU/GPU with bfloat16 or float16) the student
+and decoder run in the low precision while the teacher runs with autocast disabled on its float32 weights and the
+float32 input (with a half-precision model, ``--fp16``, its matmuls run in half precision on GPU, see
+:meth:`Eat.teacher_targets`); the targets, their statistics and the UFO terms are always computed in float32
+(:mod:`~maeast_fairseq.core.losses`).
+``target_var`` is watched by :class:`TargetCollapseMonitor` (criterion ``eat_ufo``): a teacher whose targets
+collapse to near-zero variance is logged (rate-limited) and counted (``target_collapsed`` in the train log).
+
 Padding (shorter clips under the ``fixed`` policy with ``padding_mask: true``): padded tokens are never masked, never
 visible, ignored by attention (student and teacher), left out of the targets' statistics and of the utterance
 target mean, and zeroed in the decoder (so the convolutions see zeros, as at the grid's edge).
 """
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -46,6 +55,14 @@ from .masking import gather_visible, inverse_block_mask, multi_mask, scatter_bac
 from .positions import sincos_2d
 from .rng import MaskRNG
 from .tokenizer import PatchEmbed, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Default floor on ``target_var`` below which the teacher targets count as collapsed (see
+#: :class:`TargetCollapseMonitor`): data2vec 2.0's and EAT's own ``min_target_var``.
+MIN_TARGET_VAR = 0.1
+#: Default number of updates between two collapse warnings while the targets stay collapsed.
+COLLAPSE_WARN_INTERVAL = 1000
 
 
 @dataclass
@@ -397,6 +414,78 @@ class Eat(nn.Module):
             "teacher": count(self.teacher),
             "fixed_positions": self.encoder.positions.numel(),
         }
+
+
+class TargetCollapseMonitor:
+    """Detects a collapse of EAT's teacher targets from ``target_var`` and logs it, rate-limited.
+
+    ``target_var`` is :func:`~maeast_fairseq.core.losses.regression_var` of the targets at the masked positions: the
+    mean over the D features of their standard deviation across the masked tokens. EAT's targets are
+    instance-normalised per channel and layer-normalised per token, so a healthy teacher gives ``target_var``
+    close to 1 (0.98-1.0 at initialisation, > 0.5 throughout the tiny configs' runs, also on a batch of digital
+    silence: the positions keep the tokens apart). A teacher whose FFN outputs stop varying over the tokens gives
+    targets ~0 (the instance norm divides a ~0 spread by ``sqrt(eps)``) and ``target_var -> sqrt(1e-6) = 1e-3``:
+    the student can then reach a near-zero loss by predicting zeros and learns nothing.
+
+    Threshold: an **absolute** floor, ``min_target_var = 0.1`` by default -- the ``min_target_var`` of data2vec 2.0
+    and EAT (which stop the run there after 5000 updates; we warn from the first update, since normalised targets
+    start near 1). Absolute rather than relative to the first value because the normalisation fixes the healthy
+    scale a priori, and an initial value would be one more piece of state to carry through checkpoint resumes.
+    With ``instance_norm_targets`` and ``layer_norm_targets`` both off the targets keep the teacher's raw scale and
+    the floor should be set from a healthy run's ``target_var``. Note that the instance norm also *hides* a partial
+    collapse: targets are rescaled to unit spread as long as the raw per-channel variance over the tokens stays
+    above its ``eps`` (1e-5), so this detects the collapse once the raw spread is below that.
+
+    :meth:`update` is called once per forward; a NaN ``target_var`` also counts as collapsed. While collapsed, one
+    warning (logger ``maeast_fairseq.core.eat``) is emitted at the first collapsed forward and then at most once every
+    ``warn_interval`` updates (``step``; the number of calls when no step is given), each saying how many collapsed
+    forwards there were so far; the first healthy forward after a collapse logs a recovery message.
+    ``min_target_var <= 0`` disables the check.
+    """
+
+    def __init__(self, min_target_var: float = MIN_TARGET_VAR, warn_interval: int = COLLAPSE_WARN_INTERVAL,
+                 name: str = "EAT"):
+        self.min_target_var = float(min_target_var)
+        self.warn_interval = max(int(warn_interval), 1)
+        self.name = name
+        self.collapsed_forwards = 0  # total so far
+        self._calls = 0
+        self._in_collapse = False
+        self._last_warn_step: Optional[int] = None
+        self._since_warn = 0
+
+    def update(self, target_var, step: Optional[int] = None) -> bool:
+        """Check one forward's ``target_var`` (float or 0-d tensor); returns True if the targets are collapsed."""
+        self._calls += 1
+        if self.min_target_var <= 0:
+            return False
+        value = float(target_var)
+        step = self._calls - 1 if step is None else int(step)
+        collapsed = not value >= self.min_target_var  # NaN counts as collapsed
+        if not collapsed:
+            if self._in_collapse:
+                logger.warning("%s teacher targets recovered: target_var=%.4g >= min_target_var=%g at update %d "
+                               "(after %d collapsed forward(s) in all)", self.name, value, self.min_target_var, step,
+                               self.collapsed_forwards)
+            self._in_collapse = False
+            self._last_warn_step = None
+            self._since_warn = 0
+            return False
+        self._in_collapse = True
+        self.collapsed_forwards += 1
+        self._since_warn += 1
+        last = self._last_warn_step
+        if last is None or step < last or step - last >= self.warn_interval:
+            logger.warning(
+                "%s teacher targets have collapsed: target_var=%.4g < min_target_var=%g at update %d (%d collapsed "
+                "forward(s) since the last warning, %d in all; next warning in >= %d updates while it lasts). The "
+                "targets barely vary over the tokens, so the student learns nothing: check the teacher's weights, "
+                "the EMA decay and the learning rate.", self.name, value, self.min_target_var, step,
+                self._since_warn, self.collapsed_forwards, self.warn_interval,
+            )
+            self._last_warn_step = step
+            self._since_warn = 0
+        return True
 
 
 def ufo_loss(out: Dict[str, torch.Tensor], utterance_weight: float = 1.0):

@@ -32,6 +32,7 @@ class EatModel(Eat, FairseqShell):
     def __init__(self, cfg: EatConfig):
         super().__init__(cfg)
         self._last_update: Optional[int] = None
+        self.num_updates = 0  # the trainer's update count (read by the criterion's collapse monitor)
         for name, p in self.named_parameters():
             if p.requires_grad and (p.dim() == 1 or name.endswith(".bias")):
                 p.param_group = NO_DECAY_GROUP
@@ -44,6 +45,7 @@ class EatModel(Eat, FairseqShell):
         accumulation) and calls in eval mode do nothing.
         """
         super().set_num_updates(num_updates)
+        self.num_updates = num_updates
         last, self._last_update = self._last_update, num_updates
         if last is None:  # fresh start or resume: log the decay of this update count
             c = self.cfg
