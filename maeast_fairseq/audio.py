@@ -10,6 +10,25 @@ it (no int16 scaling), channels are averaged to mono, and the clip is resampled 
 the model rate (16 kHz) when the file has another rate.  The waveform mean is *not*
 removed here; SSAST/EAT's mean removal belongs to the dataset.
 
+Bad files raise :class:`AudioError` naming the file and the fix, never a silent
+substitute:
+
+* missing, unreadable (soundfile cannot decode it, e.g. a damaged FLAC stream) or
+  empty (0 samples);
+* **truncated WAV** (the header declares more audio than the file holds: an
+  interrupted copy or download).  libsndfile would silently decode the part that is
+  there; the rest of the clip is lost, so the file is refused: re-copy it.
+  (Streaming headers with a placeholder length are not truncation.)
+* **NaN or Inf samples** (possible in float WAV / FLAC files written from a failed
+  computation).  They are refused rather than replaced: a replaced value would be a
+  made-up signal, and a single non-finite sample makes every fbank frame it touches,
+  and then the loss, NaN.  Fix the file or drop it from the manifest.
+
+:func:`read_clip` is :func:`load_audio` for datasets: it also returns the file's
+rate and frame count (to compare with a manifest) and can stop decoding after
+``max_samples`` output samples, so a clip far longer than anything the model sees
+costs no more memory than that.
+
 Resampler
 ---------
 ``resample(wav, orig_sr, new_sr)`` reduces the two rates by their gcd
@@ -32,13 +51,14 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AudioError", "load_audio", "audio_info", "resample", "num_resampled", "resample_kernel"]
+__all__ = ["AudioError", "ClipAudio", "load_audio", "read_clip", "audio_info", "resample", "num_resampled",
+           "resample_kernel"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -81,8 +101,24 @@ def _unreadable(p: str, err: Exception) -> AudioError:
     )
 
 
+def _check_complete(p: str) -> None:
+    """Refuse a truncated WAV file (libsndfile would silently decode only the part that is there)."""
+    from .data.manifest import wav_truncation  # stdlib + soundfile only; lazy: soundfile may be absent
+
+    cut = wav_truncation(p)
+    if cut is not None:
+        raise AudioError(
+            f"audio file {p!r} is truncated: its header declares {cut[0]} frames but the file holds only {cut[1]} "
+            "(an interrupted copy or download?). Fix: copy the file again, or drop it from the manifest "
+            "(`maeast-manifest --check` lists every such file)."
+        )
+
+
 def audio_info(path: PathLike) -> Tuple[int, int, int]:
-    """``(num_samples, sample_rate, channels)`` of an audio file, from its header."""
+    """``(num_samples, sample_rate, channels)`` of an audio file, from its header.
+
+    Raises :class:`AudioError` for a missing, unreadable, empty or truncated (WAV) file.
+    """
     p = _check_exists(path)
     sf = _soundfile()
     try:
@@ -91,7 +127,73 @@ def audio_info(path: PathLike) -> Tuple[int, int, int]:
         raise _unreadable(p, err) from err
     if info.frames <= 0:
         raise AudioError(f"audio file is empty (0 samples): {p!r}. Fix: remove it from the manifest.")
+    _check_complete(p)
     return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+class ClipAudio(NamedTuple):
+    """What :func:`read_clip` returns."""
+
+    wav: torch.Tensor  #: (samples,) mono at the target rate (or (channels, samples) with mono=False)
+    sample_rate: int  #: the file's own rate
+    num_frames: int  #: frames the file holds at its own rate (what a manifest lists)
+    cropped: bool  #: True when decoding stopped at ``max_samples`` (the file holds more)
+
+
+def read_clip(
+    path: PathLike,
+    target_sr: Optional[int] = 16000,
+    *,
+    max_samples: Optional[int] = None,
+    mono: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> ClipAudio:
+    """:func:`load_audio` plus the file's rate and frame count; ``max_samples`` (at ``target_sr``) stops decoding
+    early for a longer file: only its first ``max_samples`` output samples are read and resampled (with enough
+    extra input for the resampling filter, so they equal the first samples of the whole clip resampled).
+    A clip of at most ``max_samples`` samples is read whole, exactly as :func:`load_audio` reads it.
+    """
+    p = _check_exists(path)
+    _check_complete(p)
+    read_dtype = "float64" if dtype == torch.float64 else "float32"
+    sf = _soundfile()
+    try:
+        with sf.SoundFile(p) as f:
+            sr, total = int(f.samplerate), int(f.frames)
+            frames = total
+            if max_samples is not None and target_sr is not None:
+                frames = min(total, _input_frames(int(max_samples), sr, int(target_sr)))
+            data = f.read(frames, dtype=read_dtype, always_2d=True)  # (frames, channels)
+    except Exception as err:
+        raise _unreadable(p, err) from err
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioError(f"audio file is empty (0 samples): {p!r}. Fix: remove it from the manifest.")
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        frame, channel = (int(i[0]) for i in np.nonzero(~finite))
+        raise AudioError(
+            f"audio file {p!r} has {bad} NaN/Inf sample(s) (first at frame {frame}, channel {channel}): it would "
+            "give NaN features and a NaN loss, and it is not replaced by a made-up value. Fix: repair or "
+            "re-export the file from its source, or drop it from the manifest."
+        )
+    cropped = frames < total
+    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, samples)
+    if mono:
+        wav = wav.mean(dim=0)
+    if target_sr is not None and sr != int(target_sr):
+        wav = resample(wav, sr, int(target_sr))
+    if cropped:
+        wav = wav[..., : int(max_samples)]
+    return ClipAudio(wav.to(dtype), sr, total, cropped)
+
+
+def _input_frames(max_samples: int, orig_sr: int, new_sr: int) -> int:
+    """Input frames that determine the first ``max_samples`` output samples of ``resample(orig_sr -> new_sr)``."""
+    if orig_sr == new_sr:
+        return max_samples
+    _, width = resample_kernel(orig_sr, new_sr)
+    return -(-max_samples * orig_sr // new_sr) + 2 * width + 1
 
 
 def load_audio(
@@ -105,23 +207,9 @@ def load_audio(
 
     Returns ``(samples,)`` with ``mono=True`` (the default) and ``(channels, samples)``
     otherwise.  ``target_sr=None`` keeps the file's rate.  Raises :class:`AudioError`
-    for a missing, unreadable or empty file.
+    for a missing, unreadable, empty or truncated file and for NaN / Inf samples.
     """
-    p = _check_exists(path)
-    read_dtype = "float64" if dtype == torch.float64 else "float32"
-    sf = _soundfile()
-    try:
-        data, sr = sf.read(p, dtype=read_dtype, always_2d=True)  # (frames, channels)
-    except Exception as err:
-        raise _unreadable(p, err) from err
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(f"audio file is empty (0 samples): {p!r}. Fix: remove it from the manifest.")
-    wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, samples)
-    if mono:
-        wav = wav.mean(dim=0)
-    if target_sr is not None and int(sr) != int(target_sr):
-        wav = resample(wav, int(sr), int(target_sr))
-    return wav.to(dtype)
+    return read_clip(path, target_sr, mono=mono, dtype=dtype).wav
 
 
 # -------------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ left in DIR is reported).  With ``--labels-from`` it also writes the aligned ``t
   ``path,labels``) give a path relative to ROOT (or a bare file name, matched against the file
   name when it is unique) and the labels, comma-separated (quote the field: ``a.wav,"dog,bark"``).
 
-Files soundfile cannot read, files shorter than ``--min-samples`` and files without a label are
-skipped, and each group is reported (count and the first few paths) on stderr.
+Files soundfile cannot read, truncated WAV files (the header declares more audio than the file
+holds: an interrupted copy), empty files (0 samples), files shorter than ``--min-samples`` and files
+without a label are skipped, and each group is reported (count and the first few paths) on stderr.
 
 Check::
 
@@ -343,6 +344,13 @@ def create(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     clips = []
     for rel, probe in probe_all(root, rels, args.workers, args.progress_every, skipped):
+        if probe.truncated is not None:
+            skipped.add("truncated (the header declares more audio than the file holds; re-copy them)", rel,
+                        f"{probe.truncated[0]} frames declared, {probe.truncated[1]} present")
+            continue
+        if probe.num_samples == 0:
+            skipped.add("empty (0 samples)", rel)
+            continue
         if probe.num_samples < args.min_samples:
             skipped.add(f"shorter than --min-samples {args.min_samples}", rel, f"{probe.num_samples} samples")
             continue

@@ -1,8 +1,32 @@
 """fairseq dataset: a wav2vec-style manifest -> Kaldi log-mel fbank per clip -> batches under the front end's length
-policy (see :mod:`maeast_fairseq.frontend`). This is the only data module that imports fairseq."""
+policy (see :mod:`maeast_fairseq.frontend`). This is the only data module that imports fairseq.
+
+Bad input is an error naming the manifest, its line and the fix, or - where the user chose a filter - a logged
+count, never silently dropped or altered data:
+
+* at construction: a malformed manifest (:func:`~maeast_fairseq.data.manifest.read_manifest`), a manifest with no
+  clip line, a root folder (line 1) that does not exist or under which none of the first clips exist, a clip shorter
+  than one patch (its length at the model rate: a file at another rate is probed for its rate first). The length
+  filters ``min_sample_size`` / ``max_sample_size`` drop clips by their manifest count (samples *at the file's own
+  rate*, as the manifest lists them) and log how many they dropped;
+* when a clip is loaded: a missing / unreadable / empty / truncated file or NaN / Inf samples
+  (:mod:`maeast_fairseq.audio`), and a file whose frame count is not the manifest's (the file changed after the
+  manifest was written: regenerate it; ``maeast-manifest --check`` lists every such line);
+* when batching: a clip longer than ``dataset.max_tokens`` (fairseq would only say that "sentence lengths should not
+  exceed max_tokens").
+
+Long clips: a clip far longer than anything the length policy keeps is not decoded whole. Under ``fixed`` the model
+sees the first ``target_frames`` frames, under ``crop_to_shortest`` with ``max_frames`` > 0 a crop of at most
+``max_frames``; a clip longer than :data:`LONG_CLIP_FACTOR` times that is decoded only up to that length (so an
+hour-long file costs the memory of ``LONG_CLIP_FACTOR`` crops, not of an hour). Clips up to that length are decoded
+whole, exactly as before (``roll_aug`` rolls the whole clip, random crops range over all of it). Under
+``crop_to_shortest`` with ``max_frames: 0`` nothing bounds a clip but ``max_sample_size`` (drop, counted) and
+``dataset.max_tokens`` (refused by :meth:`FbankDataset.batch_by_size` with the lines to fix).
+"""
 from __future__ import annotations
 
 import logging
+import os
 from typing import List, Optional
 
 import numpy as np
@@ -10,15 +34,19 @@ import torch
 from fairseq.data import FairseqDataset
 from torch.nn.utils.rnn import pad_sequence
 
-from ..audio import AudioError, load_audio
+from ..audio import AudioError, audio_info, num_resampled, read_clip
 from ..core.rng import MaskRNG
 from ..fbank import Fbank, num_frames
 from ..frontend import check_frontend, collate_features, fbank_config, kept_frames
-from .manifest import read_manifest
+from .manifest import ManifestError, read_manifest
 
 logger = logging.getLogger(__name__)
 
 CROP_SALT = 0x5EED  # crop offsets use another random stream than the model's masks
+#: a clip longer than this many times the longest crop the length policy keeps is decoded only up to that length
+LONG_CLIP_FACTOR = 4
+#: clips whose files are looked up at construction to tell a wrong root (line 1) from a few missing files
+ROOT_PROBE = 8
 
 
 class FbankDataset(FairseqDataset):
@@ -36,6 +64,10 @@ class FbankDataset(FairseqDataset):
         self.on_device = bool(getattr(frontend, "fbank_on_device", False))
         self.min_frames = min_frames
         root, entries = read_manifest(manifest)
+        if not entries:
+            raise ManifestError(manifest, None, "has no clip line, only the root folder; list the clips as "
+                                "'path<TAB>num_samples' lines (rerun maeast-manifest AUDIO_DIR --dest DIR)")
+        self._check_root(root, entries)
         too_short = [e for e in entries if e.num_samples < min_sample_size]
         too_long = [e for e in entries if max_sample_size > 0 and e.num_samples > max_sample_size]
         dropped = {id(e) for e in too_short + too_long}
@@ -43,7 +75,7 @@ class FbankDataset(FairseqDataset):
         logger.info(
             f"{manifest}: kept {len(self.entries)} of {len(entries)} clips; dropped {len(too_short)} shorter than "
             f"min_sample_size={min_sample_size} samples and {len(too_long)} longer than max_sample_size="
-            f"{max_sample_size or 'inf'}"
+            f"{max_sample_size or 'inf'} (manifest counts, at each file's own rate)"
         )
         if not self.entries:
             raise ValueError(
@@ -53,17 +85,54 @@ class FbankDataset(FairseqDataset):
         cfg = self.fbank.cfg
         for e in self.entries:
             if num_frames(e.num_samples, cfg) < min_frames:
-                raise ValueError(
-                    f"{manifest}:{e.line}: {e.path} has {e.num_samples} samples = {num_frames(e.num_samples, cfg)} "
-                    f"frames, fewer than one patch ({min_frames} frames). Remove it from the manifest or drop such "
-                    f"clips with task.min_sample_size={int(min_frames * cfg.sample_rate * cfg.frame_shift_ms / 1000) + 400}"
-                )
+                self._check_short(e, min_frames)
         self.sizes = np.array([e.num_samples for e in self.entries], dtype=np.int64)
         if frontend.length_policy == "fixed":
             target = frontend.target_frames * int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
             self._tokens = np.full_like(self.sizes, target)
         else:
             self._tokens = self.sizes.copy()
+        # the longest clip (model-rate samples) decoded whole: see the module docstring
+        kept = frontend.target_frames if frontend.length_policy == "fixed" else int(frontend.max_frames or 0)
+        self.max_load_samples: Optional[int] = (
+            LONG_CLIP_FACTOR * ((kept - 1) * cfg.window_shift + cfg.window_size) if kept > 0 else None
+        )
+
+    def _check_root(self, root: str, entries) -> None:
+        """A wrong root (line 1) fails here, not as a missing file at the first batch."""
+        if not os.path.isdir(root):
+            raise ManifestError(
+                self.manifest, 1,
+                f"root folder {root!r} does not exist; line 1 must be the folder the clip paths are relative to "
+                "(was the data moved?). Fix: correct line 1, or rerun maeast-manifest AUDIO_DIR --dest DIR")
+        probe = entries[:ROOT_PROBE]
+        if not any(os.path.exists(e.path) for e in probe):
+            raise ManifestError(
+                self.manifest, 1,
+                f"none of the first {len(probe)} clips exist under the root folder {root!r} (e.g. line "
+                f"{probe[0].line}: {probe[0].path}); is line 1 the folder the paths are relative to? Fix: correct "
+                f"line 1 or the paths (`maeast-manifest --check {self.manifest}` lists every missing file)")
+
+    def _check_short(self, e, min_frames: int) -> None:
+        """Raise for a clip shorter than one patch at the model rate (the manifest counts samples at the file's own
+        rate: a file at another rate is probed for its rate before the verdict)."""
+        cfg = self.fbank.cfg
+        n = e.num_samples
+        try:
+            _, sr, _ = audio_info(e.path)
+        except AudioError as err:
+            raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
+        if sr != cfg.sample_rate:
+            n = num_resampled(e.num_samples, sr, int(cfg.sample_rate))
+        frames = int(num_frames(n, cfg))
+        if frames < min_frames:
+            min_samples = int(min_frames * cfg.sample_rate * cfg.frame_shift_ms / 1000) + 400
+            raise ValueError(
+                f"{self.manifest}:{e.line}: {e.path} has {e.num_samples} samples"
+                f"{f' at {sr} Hz' if sr != cfg.sample_rate else ''} = {frames} frames, fewer than one patch "
+                f"({min_frames} frames). Remove it from the manifest or drop such clips with "
+                f"task.min_sample_size={min_samples}"
+            )
 
     # -- items -----------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -72,9 +141,17 @@ class FbankDataset(FairseqDataset):
     def __getitem__(self, index: int):
         e = self.entries[index]
         try:
-            wav = load_audio(e.path, self.frontend.sample_rate)
+            clip = read_clip(e.path, self.frontend.sample_rate, max_samples=self.max_load_samples)
         except AudioError as err:
             raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
+        if clip.num_frames != e.num_samples:
+            raise ManifestError(
+                self.manifest, e.line,
+                f"lists {e.num_samples} samples for {e.rel} but the file holds {clip.num_frames} (at "
+                f"{clip.sample_rate} Hz): the file changed after the manifest was written, or the line is wrong. "
+                f"Fix: regenerate the manifest with maeast-manifest (`maeast-manifest --check {self.manifest}` "
+                "lists every such line)")
+        wav = clip.wav
         if self.frontend.subtract_waveform_mean:
             wav = wav - wav.mean()
         wav = self.augment_waveform(wav, index)
@@ -153,6 +230,26 @@ class FbankDataset(FairseqDataset):
 
     def size(self, index: int) -> int:
         return int(self._tokens[index])
+
+    def batch_by_size(self, indices, max_tokens=None, max_sentences=None, required_batch_size_multiple=1):
+        """fairseq's batching, after refusing clips that alone exceed ``max_tokens`` with the lines to fix (fairseq
+        itself only asserts that "sentence lengths should not exceed max_tokens")."""
+        if max_tokens:
+            tokens = self._tokens[np.asarray(indices, dtype=np.int64)]
+            over = np.asarray(indices)[tokens > max_tokens]
+            if len(over):
+                first = sorted(over.tolist(), key=lambda i: self.entries[i].line)[:5]
+                shown = "; ".join(f"line {self.entries[i].line}: {self.entries[i].rel} ({int(self._tokens[i])})"
+                                  for i in first)
+                fix = ("raise dataset.max_tokens above task.target_frames x the frame shift in samples"
+                       if self.frontend.length_policy == "fixed" else
+                       f"drop them with task.max_sample_size={int(max_tokens)} (counted and logged), or raise "
+                       "dataset.max_tokens")
+                raise ValueError(
+                    f"{self.manifest}: {len(over)} clip(s) longer than dataset.max_tokens={int(max_tokens)} samples, "
+                    f"so no batch can hold them ({shown}). Fix: {fix}")
+        return super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
+                                     required_batch_size_multiple=required_batch_size_multiple)
 
     def ordered_indices(self):
         """Shuffled, then sorted by length (longest first) so batches are length-homogeneous (MAE-AST crops every

@@ -66,8 +66,11 @@ class LabelledFbankDataset(FbankDataset):
         self.label_offsets = np.asarray(offsets, dtype=np.int64)
         self.label_index = np.asarray(flat, dtype=np.int64)
         counts = np.bincount(self.label_index, minlength=self.num_classes)
+        unlabelled = int((np.diff(self.label_offsets) == 0).sum())  # multi-label only: empty lines = no positive
         logger.info(f"{label_path}: {len(self.entries)} clips, {len(self.label_index)} labels; "
-                    f"{int((counts == 0).sum())} of {self.num_classes} classes without a clip")
+                    f"{int((counts == 0).sum())} of {self.num_classes} classes without a clip"
+                    + (f"; {unlabelled} clips without a label (empty lines: all-negative targets)" if unlabelled
+                       else ""))
 
     def labels_of(self, index: int) -> np.ndarray:
         return self.label_index[self.label_offsets[index]:self.label_offsets[index + 1]]

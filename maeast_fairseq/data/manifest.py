@@ -18,8 +18,14 @@ Two ways to read:
 
 * :func:`read_manifest`, :func:`read_labels`, :func:`read_label_list` are strict and raise
   :class:`ManifestError` on the first problem, with the file, the line and the fix;
-* :func:`check_manifest` collects *every* problem (format, missing / unreadable audio, wrong
-  sample counts, duplicates, label files) as :class:`Problem` records.
+* :func:`check_manifest` collects *every* problem (format, missing / unreadable / truncated / empty
+  audio, wrong sample counts, duplicates, label files) as :class:`Problem` records.
+
+Truncated WAV files (the header declares more audio than the file holds, e.g. an interrupted copy
+or download) are decoded by libsndfile up to where the data stops, *without an error*: the frame
+count it reports is silently the shorter one.  :func:`wav_truncation` reads the RIFF header itself
+to catch them; :func:`probe_audio` records the result and both the manifest tool and the loader
+(:mod:`maeast_fairseq.audio`) refuse such files (the missing part is lost; re-copy the file).
 
 This module needs only the standard library and ``soundfile`` (no torch, no fairseq).
 """
@@ -46,6 +52,7 @@ __all__ = [
     "map_in_threads",
     "parse_label_line",
     "probe_audio",
+    "wav_truncation",
     "read_label_list",
     "read_labels",
     "read_manifest",
@@ -116,6 +123,8 @@ class AudioProbe:
     num_samples: int
     sample_rate: int
     channels: int
+    #: for a truncated WAV file: ``(declared frames, frames the file holds)``, else ``None``
+    truncated: tuple[int, int] | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,16 +132,17 @@ class AudioProbe:
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_lines(path: str, what: str = "") -> list[str]:
     """Return the lines of a UTF-8 text file without line terminators.
 
     A final newline does not create an extra (empty) line; ``\\r\\n`` endings are accepted.
+    ``what`` (what the file is and how to make it) is added to the "file not found" message.
     """
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        raise ManifestError(path, None, "file not found") from None
+        raise ManifestError(path, None, "file not found" + (f"; {what}" if what else "")) from None
     except UnicodeDecodeError as exc:
         raise ManifestError(path, None, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
@@ -271,7 +281,8 @@ def read_labels(lbl_path: str | os.PathLike, n_expected: int, *,
     """
     path = os.fspath(lbl_path)
     tsv = os.fspath(manifest_path) if manifest_path is not None else _manifest_path_for(path)
-    lines = _read_lines(path)
+    lines = _read_lines(path, f"it holds one line of labels per clip of {tsv}; write it with "
+                              "`maeast-manifest AUDIO_DIR --dest DIR --labels-from parent|regex:...|csv:...`")
     if len(lines) != n_expected:
         raise ManifestError(
             path, None,
@@ -293,7 +304,8 @@ def read_label_list(path: str | os.PathLike) -> list[str]:
     (commas separate labels in ``.lbl`` files) and a duplicated label.
     """
     path = os.fspath(path)
-    lines = _read_lines(path)
+    lines = _read_lines(path, "it lists the labels, one per line (line order = class index); maeast-manifest "
+                              "--labels-from ... writes it next to the .tsv / .lbl files")
     if not lines:
         raise ManifestError(path, None, "the label list is empty; write one label per line")
     seen: dict[str, int] = {}
@@ -417,10 +429,56 @@ def map_in_threads(fn: Callable[[_T], _R], items: Sequence[_T], workers: int, ch
 def probe_audio(path: str) -> AudioProbe:
     """Read the frame count, sample rate and channel count of an audio file (header only).
 
+    ``truncated`` is set for a WAV file whose header declares more audio than the file holds
+    (:func:`wav_truncation`); ``num_samples`` is then what libsndfile can decode.
     Raises ``soundfile.SoundFileError`` (unreadable / unknown format) or ``OSError``.
     """
     info = sf.info(path)
-    return AudioProbe(num_samples=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels))
+    return AudioProbe(num_samples=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels),
+                      truncated=wav_truncation(path))
+
+
+#: ``data`` chunk sizes that streaming writers (ffmpeg / sox / arecord to a pipe) put in the header when they
+#: cannot seek back to write the real size: they mean "unknown length", not "truncated".
+_WAV_PLACEHOLDER_SIZES = frozenset({0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000})
+
+
+def wav_truncation(path: str) -> tuple[int, int] | None:
+    """``(declared_frames, held_frames)`` when ``path`` is a RIFF/WAVE file whose ``data`` chunk claims more bytes
+    than the file holds (a truncated file), else ``None`` (not a WAV file, complete, RF64, or a streaming header
+    with a placeholder size).
+
+    Only the chunk headers are read (a few small reads); malformed headers give ``None`` (soundfile reports those).
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order = "little" if head[:4] == b"RIFF" else "big"
+            pos, block_align = 12, 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, csize = chunk[:4], int.from_bytes(chunk[4:], order)
+                if cid == b"fmt ":
+                    fmt = f.read(min(csize, 16))
+                    if len(fmt) >= 14:
+                        block_align = int.from_bytes(fmt[12:14], order)
+                elif cid == b"data":
+                    if csize in _WAV_PLACEHOLDER_SIZES or block_align <= 0:
+                        return None
+                    held = size - (pos + 8)
+                    if csize > held:
+                        return csize // block_align, held // block_align
+                    return None
+                pos += 8 + csize + (csize & 1)  # chunks are padded to an even size
+    except OSError:
+        return None
+    return None
 
 
 def describe_audio_error(exc: BaseException) -> str:
@@ -446,6 +504,15 @@ def _check_audio(tsv: str, entry: ManifestEntry, sample_rate: int | None) -> lis
                         f"soundfile cannot read {entry.path}: {describe_audio_error(exc)}; "
                         "re-encode or remove the file")]
     problems = []
+    if probe.truncated is not None:
+        declared, held = probe.truncated
+        problems.append(Problem(
+            tsv, entry.line, "truncated",
+            f"{entry.path} is truncated: its header declares {declared} frames but the file holds {held} "
+            "(an interrupted copy or download?); re-copy the file, or remove the line"))
+    elif probe.num_samples == 0:
+        problems.append(Problem(tsv, entry.line, "empty",
+                                f"{entry.path} holds no audio (0 samples); remove the line"))
     if probe.num_samples != entry.num_samples:
         problems.append(Problem(
             tsv, entry.line, "num-samples",

@@ -34,10 +34,11 @@ from ..criterions import classification as _criterion  # noqa: F401  (registers 
 from ..data.labelled_dataset import LabelledFbankDataset
 from ..data.manifest import LABEL_LIST_NAME, label_path_for, read_label_list
 from ..frontend import FrontendConfig, check_frontend
-from .base import AudioTask
+from .base import AudioTask, split_manifest
 
 logger = logging.getLogger(__name__)
 
+CLASSIFIER = "maeast_classifier"  # the fine-tuned model (its checkpoints can be fine-tuned again)
 # front-end fields copied from the pretrained checkpoint unless set here
 COPIED = ("sample_rate", "num_mel_bins", "window_type", "subtract_waveform_mean", "norm", "norm_mean", "norm_std")
 FROM_CHECKPOINT = "None = the pretrained checkpoint's"
@@ -59,8 +60,13 @@ class ClassificationTaskConfig(FairseqDataclass, FrontendConfig):
     noise_aug: bool = field(
         default=False, metadata={"help": "train only: add U(0,1)*u/10 noise to the features, roll +-10 frames (SSAST)"}
     )
-    min_sample_size: int = field(default=0, metadata={"help": "drop clips with fewer samples (counted and logged)"})
-    max_sample_size: int = field(default=0, metadata={"help": "drop clips with more samples; 0 = keep all"})
+    min_sample_size: int = field(
+        default=0, metadata={"help": "drop clips with fewer samples (manifest counts, at each file's own rate; "
+                                     "counted and logged)"}
+    )
+    max_sample_size: int = field(
+        default=0, metadata={"help": "drop clips with more samples (manifest counts; counted and logged); 0 = keep all"}
+    )
     # the front end: copied from the pretrained checkpoint unless set (see the module docstring)
     sample_rate: Optional[int] = field(default=None, metadata={"help": f"audio rate ({FROM_CHECKPOINT})"})
     num_mel_bins: Optional[int] = field(default=None, metadata={"help": f"mel bins ({FROM_CHECKPOINT})"})
@@ -98,6 +104,30 @@ def read_checkpoint_cfg(path: str) -> dict:
     return OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else cfg
 
 
+def check_pretrained_type(pre: dict, path: str) -> None:
+    """Refuse, before anything is built, a ``model.model_path`` checkpoint whose model is not one this task can
+    fine-tune, naming its type and the accepted ones (otherwise the front end would be copied from it and the
+    failure would come later, from the model, without the file's name)."""
+    from ..checkpoint import CORE_MODELS  # late: checkpoint.py imports the core models
+
+    accepted = sorted(CORE_MODELS) + [CLASSIFIER]
+    model_cfg = dict(pre.get("model") or {})
+    name = model_cfg.get("_name")
+    if name == CLASSIFIER:
+        name = model_cfg.get("encoder_name")
+        if name in CORE_MODELS:
+            return
+        raise ValueError(f"model.model_path={path}: a {CLASSIFIER} checkpoint whose encoder is {name!r}, not one "
+                         f"of {sorted(CORE_MODELS)}; it cannot be fine-tuned here")
+    if name in CORE_MODELS:
+        return
+    what = f"a {name!r} model" if name else "not a fairseq checkpoint of this project (no cfg.model._name)"
+    raise ValueError(
+        f"model.model_path={path} is {what}, but maeast_classification fine-tunes only {', '.join(accepted)} "
+        "checkpoints. Fix: point model.model_path at a checkpoint written by maeast_pretraining (mae_ast, ssast, "
+        "eat) or by this task")
+
+
 @register_task("maeast_classification", dataclass=ClassificationTaskConfig)
 class ClassificationTask(AudioTask):
     cfg: ClassificationTaskConfig
@@ -121,6 +151,7 @@ class ClassificationTask(AudioTask):
         pre = {}
         if missing or (cfg.model_path and os.path.isfile(cfg.model_path)):
             pre = read_checkpoint_cfg(cfg.model_path)
+            check_pretrained_type(pre, cfg.model_path)
         # frames of one patch (a shorter clip would have no valid token): from the encoder's config
         pre_model = dict(pre.get("model") or {})
         if pre_model.get("_name") == "maeast_classifier":
@@ -146,9 +177,7 @@ class ClassificationTask(AudioTask):
     # -- data ------------------------------------------------------------------------------------------------------
     def load_dataset(self, split: str, task_cfg=None, **kwargs):
         cfg = task_cfg or self.cfg
-        path = os.path.join(cfg.data, f"{split}.tsv")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no manifest {path} for split {split!r} (write it with maeast-manifest)")
+        path = split_manifest(cfg.data, split)
         train = split == cfg.train_subset
         self.datasets[split] = LabelledFbankDataset(
             path, cfg, label_path=label_path_for(path), class_names=self.class_names,

@@ -12,7 +12,7 @@ from omegaconf import II, MISSING
 from ..data.fbank_dataset import FbankDataset
 from ..fbank import Fbank
 from ..frontend import FrontendConfig, collate_padded, fbank_config
-from .base import AudioTask
+from .base import AudioTask, split_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -21,10 +21,12 @@ logger = logging.getLogger(__name__)
 class PretrainingTaskConfig(FairseqDataclass, FrontendConfig):
     data: str = field(default=MISSING, metadata={"help": "folder with {split}.tsv manifests (maeast-manifest)"})
     min_sample_size: int = field(
-        default=0, metadata={"help": "drop clips with fewer samples (counted and logged); MAE-AST uses 32000 (2 s)"}
+        default=0, metadata={"help": "drop clips with fewer samples (manifest counts, at each file's own rate; "
+                                     "counted and logged); MAE-AST uses 32000 (2 s)"}
     )
     max_sample_size: int = field(
-        default=0, metadata={"help": "drop clips with more samples (counted and logged); 0 = keep all"}
+        default=0, metadata={"help": "drop clips with more samples (manifest counts; counted and logged); 0 = keep "
+                                     "all"}
     )
     fbank_on_device: bool = field(
         default=False,
@@ -58,9 +60,7 @@ class PretrainingTask(AudioTask):
 
     def load_dataset(self, split: str, task_cfg=None, **kwargs):
         cfg = task_cfg or self.cfg
-        path = os.path.join(cfg.data, f"{split}.tsv")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no manifest {path} for split {split!r} (write it with maeast-manifest)")
+        path = split_manifest(cfg.data, split)
         self.datasets[split] = FbankDataset(
             path, cfg, min_sample_size=cfg.min_sample_size, max_sample_size=cfg.max_sample_size,
             min_frames=cfg.patch_frames, shuffle=split != "test", seed=cfg.seed,
