@@ -11,13 +11,18 @@ __version__ = "0.1.0"
 
 
 def register() -> None:
-    """Import the fairseq task / model / criterion modules so their names get registered (imports fairseq)."""
+    """Import the fairseq task / model / criterion modules so their names get registered (imports fairseq), and
+    install :mod:`maeast_fairseq.fairseq_compat` (multi-rank resume under weights_only loading, atomic checkpoint
+    copies)."""
+    from . import fairseq_compat
     from .criterions import classification as _classification_criterion  # noqa: F401
     from .criterions import eat_ufo, masked_recon_nce  # noqa: F401
     from .models import classifier, eat, mae_ast, ssast  # noqa: F401
     from .optim import torch_adamw  # noqa: F401
     from .tasks import classification as _classification_task  # noqa: F401
     from .tasks import pretraining  # noqa: F401
+
+    fairseq_compat.install()
 
 
 # fairseq's import_user_module imports this package after fairseq itself: register then. A process that never

@@ -90,23 +90,22 @@ DDP_ARGS = [
 ]
 
 
-def test_two_process_cpu_training_with_torchrun_and_resume(overfit_set, tmp_path):
-    """The README's torchrun command: 2 CPU processes over gloo train, checkpoint and resume."""
+def test_two_process_cpu_training_with_torchrun_and_resume(overfit_set, tmp_path, monkeypatch):
+    """The README's torchrun command: 2 CPU processes over gloo train, checkpoint and resume, with torch's safe
+    weights_only loading (no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: maeast_fairseq.fairseq_compat fixes fairseq's resume)."""
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     ckpt = tmp_path / "ckpt"
     base = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--standalone", "--nproc_per_node=2",
             console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples/pretrain"),
             "--config-name", "mae_ast_patch_tiny", f"task.data={overfit_set / 'data'}",
             f"checkpoint.save_dir={ckpt}", f"hydra.run.dir={tmp_path / 'hydra'}", "dataset.batch_size=4",
             "common.log_interval=1", "optimization.max_update=10"] + DDP_ARGS
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # fairseq's own resume path pickles its config
-    try:
-        log = run(base, cwd=tmp_path)
-        assert "distributed init (rank 1)" in log
-        assert max(u for u, _ in losses(log)) == 10
-        log2 = run(base[:-len(DDP_ARGS) - 1] + ["optimization.max_update=12"] + DDP_ARGS, cwd=tmp_path)
-        assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 10 updates\)", log2), log2[-3000:]
-    finally:
-        os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    log = run(base, cwd=tmp_path)
+    assert "distributed init (rank 1)" in log
+    assert max(u for u, _ in losses(log)) == 10
+    log2 = run(base[:-len(DDP_ARGS) - 1] + ["optimization.max_update=12"] + DDP_ARGS, cwd=tmp_path)
+    assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 10 updates\)", log2), log2[-3000:]
+    assert sorted(u for u, _ in losses(log2)) == [11, 12]
 
 
 @pytest.mark.parametrize("config", ["mae_ast_frame_tiny", "mae_ast_patch_6l_tiny", "mae_ast_frame_6l_tiny"])

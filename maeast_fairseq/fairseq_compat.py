@@ -1,0 +1,101 @@
+"""Two targeted fixes to fairseq 0.12's checkpointing, installed by :func:`maeast_fairseq.register` (so in every
+process that loads the plugin as a user dir, every rank included). Nothing else in fairseq is changed.
+
+1. **Multi-process resume under ``weights_only`` loading.** On resume, rank 0 reads the checkpoint (with torch's
+   default ``weights_only=True``: the file holds tensors and plain containers only) and fairseq then sends the state
+   to the other ranks with ``distributed.utils.broadcast_object``: ``torch.save`` into a buffer on rank 0,
+   ``torch.load`` of that buffer on the others. By then ``state["cfg"]`` is an omegaconf ``DictConfig`` (made by
+   ``load_checkpoint_to_cpu``) and the tensors are replaced by fairseq's ``_TensorPlaceholder``, so the safe loader
+   refuses the buffer and every rank > 0 dies (``Weights only load failed ... omegaconf.dictconfig.DictConfig``).
+   The fix keeps ``weights_only=True`` and allow-lists, *only while fairseq's broadcast runs*
+   (:class:`torch.serialization.safe_globals`), the classes that buffer needs (:data:`BROADCAST_SAFE_GLOBALS`: omegaconf
+   containers / nodes / metadata, ``typing.Any``, a few builtin types, fairseq's placeholder). It does not set
+   ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, does not pass ``weights_only=False`` anywhere, and does not widen the
+   allow-list of any other ``torch.load`` (``maeast_fairseq.checkpoint.load_pretrained`` stays ``weights_only=True``
+   with torch's default allow-list).
+
+2. **Checkpoints are never half-written.** fairseq writes the first checkpoint of a save atomically (``.tmp`` then
+   ``os.rename``), but every further name of the same save (``checkpoint_last.pt`` after ``checkpoint_best.pt`` or
+   ``checkpoint_E_U.pt``) is a plain ``shutil.copyfile`` onto the old file: a process killed during that copy leaves
+   a truncated ``checkpoint_last.pt``, and the next run (which resumes from it) crashes. ``PathManager.copy`` of
+   local paths now copies to ``<dst>.tmp`` and ``os.replace``-s it onto ``<dst>``: ``<dst>`` is always either the
+   previous complete file or the new complete file. (Atomic against the process dying; like fairseq's own save it
+   does not ``fsync``, so a power cut can still lose the last write.)
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+
+_MARK = "_maeast_fairseq_compat"
+
+
+def broadcast_safe_globals() -> list:
+    """What fairseq's checkpoint broadcast pickles besides tensors and plain containers (found with
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on the MAE-AST / SSAST / EAT, hydra and argparse
+    checkpoints; the other omegaconf value nodes are included for configs that hold typed values). Classes only, no
+    functions: unpickling can build these objects, never call arbitrary code."""
+    import collections
+    import typing
+
+    from fairseq.distributed.utils import _TensorPlaceholder
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
+
+    return [
+        DictConfig, ListConfig, ContainerMetadata, Metadata,
+        AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode,
+        typing.Any, dict, list, tuple, int, float, str, bool, collections.defaultdict,
+        _TensorPlaceholder,
+    ]
+
+
+def _install_broadcast_safe_globals() -> None:
+    import torch
+    from fairseq.distributed import utils as distributed_utils
+
+    orig = distributed_utils._broadcast_object_slow
+    if getattr(orig, _MARK, False):
+        return
+
+    @functools.wraps(orig)
+    def _broadcast_object_slow(*args, **kwargs):
+        with torch.serialization.safe_globals(broadcast_safe_globals()):
+            return orig(*args, **kwargs)
+
+    setattr(_broadcast_object_slow, _MARK, True)
+    distributed_utils._broadcast_object_slow = _broadcast_object_slow  # broadcast_object looks it up here
+
+
+def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+    """Copy ``src_path`` to ``dst_path`` so that ``dst_path`` is never seen half-written (same dir tmp + replace)."""
+    if not overwrite and os.path.exists(dst_path):
+        return False  # iopath's answer for an existing target without overwrite
+    tmp = dst_path + ".tmp"
+    shutil.copyfile(src_path, tmp)
+    os.replace(tmp, dst_path)
+    return True
+
+
+def _install_atomic_copy() -> None:
+    from fairseq.file_io import PathManager
+
+    orig = PathManager.copy
+    if getattr(orig, _MARK, False):
+        return
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if PathManager.path_requires_pathmanager(src_path) or PathManager.path_requires_pathmanager(dst_path):
+            return orig(src_path, dst_path, overwrite)  # remote stores: iopath's own copy
+        return atomic_copy(src_path, dst_path, overwrite)
+
+    setattr(copy, _MARK, True)
+    PathManager.copy = staticmethod(copy)
+
+
+def install() -> None:
+    """Install both fixes (idempotent)."""
+    _install_broadcast_safe_globals()
+    _install_atomic_copy()
