@@ -24,6 +24,12 @@ substitute:
   made-up signal, and a single non-finite sample makes every fbank frame it touches,
   and then the loss, NaN.  Fix the file or drop it from the manifest.
 
+Samples beyond ``[-1, 1]`` (a float file holding integer-PCM values, e.g. int16
+audio written as float without dividing by 32768) are loaded unchanged but logged:
+one warning per file and process (logger ``maeast_fairseq.audio``) naming the file
+and its peak.  The features stay finite, but the clip is ~90 dB (int16) or ~186 dB
+(int32) louder than the data the normalisation statistics describe.
+
 :func:`read_clip` is :func:`load_audio` for datasets: it also returns the file's
 rate and frame count (to compare with a manifest) and can stop decoding after
 ``max_samples`` output samples, so a clip far longer than anything the model sees
@@ -48,6 +54,7 @@ The signal is taken as zero outside ``[0, n)``; the output has
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -61,6 +68,11 @@ __all__ = ["AudioError", "ClipAudio", "load_audio", "read_clip", "audio_info", "
            "resample_kernel"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+logger = logging.getLogger(__name__)
+
+#: files already reported for samples beyond [-1, 1] (one warning per file and process)
+_WARNED_SCALE: set = set()
 
 
 class AudioError(ValueError):
@@ -177,6 +189,7 @@ def read_clip(
             "give NaN features and a NaN loss, and it is not replaced by a made-up value. Fix: repair or "
             "re-export the file from its source, or drop it from the manifest."
         )
+    _warn_unscaled(p, data)
     cropped = frames < total
     wav = torch.from_numpy(np.ascontiguousarray(data.T))  # (channels, samples)
     if mono:
@@ -186,6 +199,21 @@ def read_clip(
     if cropped:
         wav = wav[..., : int(max_samples)]
     return ClipAudio(wav.to(dtype), sr, total, cropped)
+
+
+def _warn_unscaled(p: str, data: np.ndarray) -> None:
+    """Warn (once per file) when decoded samples exceed [-1, 1]; the samples are left as they are."""
+    key = os.path.abspath(p)
+    if key in _WARNED_SCALE:
+        return
+    peak = max(float(data.max()), -float(data.min()))  # no |data| copy of a long clip
+    if peak > 1.0:
+        _WARNED_SCALE.add(key)
+        logger.warning(
+            f"audio file {p!r} has samples beyond [-1, 1] (peak |sample| = {peak:.6g}): samples should be in "
+            "[-1, 1]; was this integer PCM saved as float without scaling? They are used as they are; if so, "
+            "divide the file's samples by 32768 (int16 values) or 2**31 (int32 values) and write it again."
+        )
 
 
 def _input_frames(max_samples: int, orig_sr: int, new_sr: int) -> int:

@@ -1,7 +1,7 @@
 """Bad input loses nothing: every fault is an error naming the file, the line and the fix, or - where the user chose
 a skip policy - a logged count, never silence.
 
-Faults already covered elsewhere are not re-tested here (the commit message has the full table): manifest
+Faults already covered elsewhere are not re-tested here (RELIABILITY.md has the full table): manifest
 format errors (test_manifests::test_read_manifest_errors), line without a tab through the dataset
 (test_dataset::test_line_without_tab_names_file_and_line), missing / unreadable audio through the dataset
 (test_dataset::test_missing_and_unreadable_files_name_manifest_line_and_path), shorter than one patch
@@ -191,6 +191,29 @@ def test_nan_and_inf_samples_are_refused_naming_the_file(tmp_path):
     assert "3 NaN/Inf sample(s) (first at frame 100, channel 0)" in msg and "drop it from the manifest" in msg
 
 
+def test_float_audio_beyond_unit_range_warns_once_per_file_and_is_kept(tmp_path, caplog):
+    """int16 audio written as float without / 32768: a warning naming the file and its peak, samples unchanged."""
+    loud = (3000.0 * np.random.default_rng(0).standard_normal(8000)).clip(-32768, 32767).astype(np.float32)
+    loud[1234] = -32768.0
+    lines = [write_wav(tmp_path, "loud.wav", data=loud, subtype="FLOAT"), write_wav(tmp_path, "ok.wav"),
+             write_wav(tmp_path, "full_scale.wav", data=np.full(8000, 32767, np.int16), subtype="PCM_16")]
+    path = manifest(tmp_path, lines)
+    with caplog.at_level(logging.WARNING, logger="maeast_fairseq.audio"):
+        ds = FbankDataset(path, FrontendConfig(), shuffle=False)
+        assert torch.isfinite(ds[0]["fbank"]).all()
+        warned = [r.getMessage() for r in caplog.records if r.name == "maeast_fairseq.audio"]
+        assert len(warned) == 1, warned
+        assert str(tmp_path / "loud.wav") in warned[0] and "peak |sample| = 32768" in warned[0]
+        assert "samples should be in [-1, 1]; was this integer PCM saved as float without scaling?" in warned[0]
+        # the samples are not altered, and the same file does not warn again (once per file and process)
+        np.testing.assert_array_equal(load_audio(tmp_path / "loud.wav").numpy(), loud)
+        ds[0]
+        # in-range float audio and full-scale PCM (read as [-1, 1)) say nothing
+        ds[1], ds[2]
+        assert len([r for r in caplog.records if r.name == "maeast_fairseq.audio"]) == 1
+    assert float(load_audio(tmp_path / "full_scale.wav").abs().max()) <= 1.0
+
+
 def test_sample_rates_and_channels(tmp_path):
     """8 / 22.05 / 44.1 / 48 kHz, stereo and 6 channels: every clip is down-mixed and resampled to 16 kHz."""
     lines = [write_wav(tmp_path, "r8k.wav", 1.0, 8000), write_wav(tmp_path, "r22k.flac", 1.0, 22050, channels=2),
@@ -294,6 +317,85 @@ def test_checkpoint_of_another_model_type_names_both_types(labelled, tmp_path):
     torch.save({"w2v_encoder.proj.weight": torch.zeros(2, 2)}, tmp_path / "raw.pt")  # a bare state dict
     with pytest.raises(ValueError, match=r"raw\.pt is not a fairseq checkpoint of this project"):
         classification_task(labelled, model_path=str(tmp_path / "raw.pt"))
+
+
+def _tiny_fairseq_models():
+    from maeast_fairseq.models.eat import EatModel, EatModelConfig
+    from maeast_fairseq.models.mae_ast import MaeAstModel, MaeAstModelConfig
+    from maeast_fairseq.models.ssast import SsastModel, SsastModelConfig
+
+    torch.manual_seed(0)
+    return {
+        "mae_ast": MaeAstModel(MaeAstModelConfig(encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=4,
+                                                 decoder_layers=1, decoder_embed_dim=32, decoder_ffn_dim=64,
+                                                 decoder_heads=4)),
+        "ssast": SsastModel(SsastModelConfig(encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=4,
+                                             target_frames=256)),
+        "eat": EatModel(EatModelConfig(depth=2, embed_dim=32, num_heads=4, decoder_dim=32, decoder_layers=1, clones=2,
+                                       average_top_k_layers=2)),
+    }
+
+
+def test_restore_of_a_checkpoint_of_another_model_type_names_both_types():
+    """What fairseq's trainer does on resume (checkpoint.restore_file, or checkpoint_last.pt of a reused save_dir):
+    model.load_state_dict(state["model"], strict=True, model_cfg=...), here in-process for every pair of types."""
+    from maeast_fairseq.models.classifier import ClassifierModel, ClassifierModelConfig
+    from maeast_fairseq.models.shell import TOP_LEVEL_MODULES, ForeignStateDictError, registered_name
+
+    models = _tiny_fairseq_models()
+    for own, model in models.items():
+        assert registered_name(model) == own
+        assert {k.split(".", 1)[0] for k in model.state_dict()} <= TOP_LEVEL_MODULES[own]  # the table is current
+        for other, source in models.items():
+            if other == own:
+                model.load_state_dict(source.state_dict(), strict=True, model_cfg=None)
+                continue
+            with pytest.raises(ForeignStateDictError) as err:
+                model.load_state_dict(source.state_dict(), strict=True, model_cfg=None)
+            msg = str(err.value)
+            assert f"holds the weights of a model of type '{other}' (its keys have " in msg, msg
+            assert f"but this run's model is '{own}'" in msg and "Missing keys: " in msg and "Unexpected keys: " in msg
+            assert "start a new run (an empty checkpoint.save_dir" in msg
+            assert f"point checkpoint.restore_file at a checkpoint of this '{own}' configuration" in msg
+            assert "set model.model_path=<it>" in msg
+
+    # inside fairseq's loaders the checkpoint (file name, cfg.model._name) is at hand: its word wins over the keys
+    filename = "/runs/eat/checkpoint_last.pt"
+    state = {"cfg": {"model": {"_name": "eat"}}, "model": models["eat"].state_dict()}
+    with pytest.raises(ForeignStateDictError, match=r"checkpoint /runs/eat/checkpoint_last\.pt holds the weights of a "
+                                                    r"model of type 'eat' \(its cfg\.model\._name\), but this run's "
+                                                    r"model is 'ssast'") as err:
+        models["ssast"].load_state_dict(state["model"], strict=True, model_cfg=None)
+    assert filename in str(err.value)
+
+    # weights of no type of ours: most keys missing
+    with pytest.raises(ForeignStateDictError, match=r"does not hold the weights of this 'mae_ast' model: only 0 of its "
+                                                    r"49 keys are there.*w2v_encoder\.proj\.weight"):
+        models["mae_ast"].load_state_dict({"w2v_encoder.proj.weight": torch.zeros(2, 2)})
+    # the same type of another size is torch's strict error (it lists the keys and shapes), not ours
+    from maeast_fairseq.models.mae_ast import MaeAstModel, MaeAstModelConfig
+
+    bigger = MaeAstModel(MaeAstModelConfig(encoder_layers=3, embed_dim=32, ffn_dim=64, num_heads=4, decoder_layers=1,
+                                           decoder_embed_dim=32, decoder_ffn_dim=64, decoder_heads=4))
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"encoder\.blocks\.2\.") as err:
+        models["mae_ast"].load_state_dict(bigger.state_dict())
+    assert not isinstance(err.value, ForeignStateDictError)
+    models["mae_ast"].load_state_dict(bigger.state_dict(), strict=False)  # non-strict loads are not checked
+
+    # fine-tuning resumed from a pretraining checkpoint (restore_file where model.model_path was meant)
+    from maeast_fairseq.core.classifier import classifier_from_pretrained
+
+    pre = {"cfg": {"model": dict(models["mae_ast"].cfg.__dict__, _name="mae_ast")},
+           "model": models["mae_ast"].state_dict()}
+    clf = classifier_from_pretrained(ClassifierModelConfig(num_classes=3, target_frames=128, class_names=list("abc")),
+                                     pre, "mae_ast.pt", model_cls=ClassifierModel)
+    clf.load_state_dict(clf.state_dict())
+    assert {k.split(".", 1)[0] for k in clf.state_dict()} <= TOP_LEVEL_MODULES["maeast_classifier"]
+    with pytest.raises(ForeignStateDictError, match=r"type 'mae_ast' .*but this run's model is 'maeast_classifier'.*"
+                                                    r"set model\.model_path=<it>"):
+        clf.load_state_dict(models["mae_ast"].state_dict(), strict=True, model_cfg=None)
+    with pytest.raises(ForeignStateDictError, match=r"type 'maeast_classifier' .*model is 'eat'"):
+        models["eat"].load_state_dict(clf.state_dict())
 
 
 def test_unknown_config_key_through_fairseq_hydra_train(tiny_corpus, tmp_path):

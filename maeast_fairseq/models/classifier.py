@@ -27,6 +27,7 @@ from ..core.classifier import (
     load_checkpoint,
     tag_parameters,
 )
+from .shell import check_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +60,10 @@ class ClassifierModel(AudioClassifier, BaseFairseqModel):
 
     def max_positions(self):
         return None
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """fairseq's load, after :func:`~maeast_fairseq.models.shell.check_state_dict` (a pretraining checkpoint
+        given as ``checkpoint.restore_file`` instead of ``model.model_path`` is named as such) when ``strict``."""
+        if strict:
+            check_state_dict(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
