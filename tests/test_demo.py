@@ -122,3 +122,72 @@ def test_parse_train_line():
     rec = parse_train_line(line)
     assert rec["num_updates"] == 2000 and rec["loss"] == pytest.approx(4.5997) and rec["frame_loss"] > 3
     assert parse_train_line("[train][INFO] - {\"loss\": 1}") is None
+
+
+def _sf2(path, samples, rate=22050):
+    """A minimal SoundFont 2 file: one smpl pool, shdr records (name, start, end, rate, type) + the EOS record."""
+    import struct
+
+    import numpy as np
+    pool, hdrs, pos = [], [], 0
+    for name, wav, kind in samples:
+        pcm = np.round(np.asarray(wav) * 32767).astype("<i2")
+        hdrs.append(struct.pack("<20sIIIIIBbHH", name.encode(), pos, pos + len(pcm), pos, pos + len(pcm), rate,
+                                60, 0, 0, kind))
+        pool.append(pcm.tobytes() + b"\0" * 92)  # SF2 wants >= 46 zero samples after each sample
+        pos += len(pcm) + 46
+    hdrs.append(struct.pack("<20sIIIIIBbHH", b"EOS", 0, 0, 0, 0, 0, 0, 0, 0, 0))
+
+    def chunk(cid, data):
+        return cid + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+    sdta = chunk(b"LIST", b"sdta" + chunk(b"smpl", b"".join(pool)))
+    pdta = chunk(b"LIST", b"pdta" + chunk(b"shdr", b"".join(hdrs)))
+    info = chunk(b"LIST", b"INFO" + chunk(b"ifil", struct.pack("<HH", 2, 1)))
+    body = b"sfbk" + info + sdta + pdta
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def test_soundfont_samples_are_written_as_wav(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from maeast_fairseq.demo.fetch import FetchError, read_soundfont_samples, soundfont_samples
+
+    t = np.arange(22050) / 22050
+    kick = 0.8 * np.sin(2 * np.pi * 60 * t) * np.exp(-6 * t)
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)
+    _sf2(tmp_path / "bank.sf2", [("Kick", kick, 1), ("Piano L", left, 4), ("Piano R", left, 2),
+                                 ("Blip", kick[:2000], 1), ("Silent", np.zeros(22050), 1)])
+    pool, headers = read_soundfont_samples(str(tmp_path / "bank.sf2"))
+    assert [h[0] for h in headers] == ["Kick", "Piano L", "Piano R", "Blip", "Silent"]
+    assert headers[0][3] == 22050 and headers[0][2] - headers[0][1] == 22050
+    files = soundfont_samples(str(tmp_path / "bank.sf2"), str(tmp_path / "out"))
+    # kept: mono + left channel; skipped: the right channel, the 0.09 s blip (< 0.3 s) and the silent sample
+    assert [os.path.basename(f) for f in files] == ["0000.wav", "0001.wav"]
+    wav, sr = sf.read(files[0])
+    assert sr == 22050 and np.abs(wav - kick).max() < 1e-4
+    assert soundfont_samples(str(tmp_path / "bank.sf2"), str(tmp_path / "out")) == files  # cached
+    (tmp_path / "bad.sf2").write_bytes(b"RIFF\0\0\0\0WAVE")
+    with pytest.raises(FetchError, match="not a SoundFont 2"):
+        read_soundfont_samples(str(tmp_path / "bad.sf2"))
+
+
+def test_leak_check_finds_a_resampled_copy_and_not_a_different_sound(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from maeast_fairseq.demo.fetch import nearest_duplicate
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000) / 16000
+    snare = (rng.standard_normal(16000) * np.exp(-20 * t) + np.sin(2 * np.pi * 190 * t) * np.exp(-30 * t)) * 0.5
+    kick = np.sin(2 * np.pi * (50 + 100 * np.exp(-30 * t)) * t) * np.exp(-8 * t) * 0.8
+    sf.write(tmp_path / "snare.wav", snare, 16000)
+    sf.write(tmp_path / "kick.wav", kick, 16000)
+    t44 = np.arange(44100) / 44100  # the same snare, recorded again at 44.1 kHz (the corpus's copy)
+    sf.write(tmp_path / "snare44.flac", np.interp(t44, t, snare), 44100)
+    pieces = [str(tmp_path / "kick.wav"), str(tmp_path / "snare44.flac")]
+    same = nearest_duplicate([str(tmp_path / "snare.wav")], pieces)
+    assert same["max_similarity"] >= 0.99 and same["piece"].endswith("snare44.flac")
+    other = nearest_duplicate([str(tmp_path / "snare.wav")], [str(tmp_path / "kick.wav")])
+    assert other["max_similarity"] < 0.9

@@ -7,7 +7,8 @@
 2. the downstream task: drum-instrument type (kick / snare / hi-hat / tom / cymbal) from the Hydrogen kits'
    ``drumkit.xml``, WHOLE KITS held out (train kits, one dev kit, four test kits);
 3. corpus log-mel statistics (maeast-stats), then small MAE-AST, EAT and SSAST pretrainings (fairseq-hydra-train,
-   the tiny configs with more updates; ~20 min for everything on 2 CPU cores, ``QUICK=1`` / ``--quick`` ~5 min);
+   the tiny configs widened to 128 x 4 layers, two pretrainings at a time; ~12 min for everything on 2 CPU cores,
+   ``QUICK=1`` / ``--quick`` ~5 min);
 4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 3 head seeds) of every
    pretrained model, its random-init twin and a log-mel baseline;
 5. ``results.md``, ``results.json`` and PNG figures in ``--out`` (default ``runs/demo``).
@@ -15,6 +16,7 @@
 These are small-data CPU figures: they are not comparable to the papers' numbers.
 """
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -122,7 +124,16 @@ def get_data(args, out: str, recipe: P.Recipe) -> dict:
         sources = synthetic_pretraining(out, recipe.pretrain_minutes)
         desc = "SYNTHETIC corpus (melodies, chirps, noise, clicks)"
     else:
-        sources = {p: F.audio_files(pkgs[p]) for p in F.PRETRAIN_PACKAGES}
+        sources = {}
+        for p in F.PRETRAIN_PACKAGES:
+            if p in F.SOUNDFONT_PACKAGES:  # the recorded samples inside the bank(s), written out as wav once
+                banks = sorted(glob.glob(os.path.join(pkgs[p], "**", "*.sf2"), recursive=True))
+                if not banks:
+                    raise SystemExit(f"demo: no .sf2 SoundFont in the unpacked package {pkgs[p]}")
+                sources[p] = [f for b in banks for f in F.soundfont_samples(
+                    b, os.path.join(args.cache, "prepared", "soundfont", os.path.splitext(os.path.basename(b))[0]))]
+            else:
+                sources[p] = F.audio_files(pkgs[p])
         train_kits = [d for k, d in kits.items() if F.kit_split(k) == "train"]
         if train_kits:  # only the TRAINING kits; dev / test kits are never heard in pretraining
             sources["hydrogen-train-kits"] = [f for d in train_kits for f in F.audio_files(d)]
@@ -151,10 +162,30 @@ def get_data(args, out: str, recipe: P.Recipe) -> dict:
         d["name"] = "Hydrogen drum kits, drum-instrument type, whole kits held out"
         info["downstream"] = d
         print(f"   clips {d['clips']}; classes {d['classes']}", flush=True)
+        info["leak_check"] = leak_check(dest, corpus)
     else:
         P.step("downstream: SYNTHETIC labelled sound kinds (no drum kits available)")
         info["downstream"] = synthetic_downstream(out)
     return info
+
+
+def leak_check(downstream: str, corpus: str) -> dict:
+    """Is any held-out (dev / test kit) recording in the pretraining corpus? Nearest onset fingerprints; the training
+    kits' clips, which ARE in the corpus, show what a duplicate scores."""
+    from maeast_fairseq.data.manifest import read_manifest
+    P.step("leak check: nearest pretraining piece of every held-out clip (onset log-mel fingerprint, cosine)")
+    pieces = F.audio_files(corpus)
+    clips = {s: [e.path for e in read_manifest(os.path.join(downstream, f"{s}.tsv"))[1]]
+             for s in ("train", "valid", "test")}
+    held = F.nearest_duplicate(clips["valid"] + clips["test"], pieces)
+    seen = F.nearest_duplicate(clips["train"], pieces)
+    res = {"held_out": held, "training_kits": seen, "threshold": 0.99,
+           "leak": bool(held.get("max_similarity") and held["max_similarity"] >= 0.99)}
+    print(f"   held-out clips: highest similarity to any pretraining piece {held.get('max_similarity')} "
+          f"({os.path.basename(str(held.get('clip')))} ~ {os.path.basename(str(held.get('piece')))}); training-kit "
+          f"clips (their recordings ARE in the corpus) score {seen.get('min_similarity')}-{seen.get('max_similarity')}; "
+          + ("POSSIBLE LEAK (>= 0.99)" if res["leak"] else "no duplicate (< 0.99)"), flush=True)
+    return res
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,11 +223,12 @@ def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recip
     chance = any_eval.get("chance")
     summary = {
         "title": "maeast-fairseq demo: pretraining on real recordings, frozen evaluation on held-out drum kits",
-        "note": "small-data CPU figures (tiny models, minutes of pretraining); NOT comparable to the papers' numbers",
+        "note": "small-data CPU figures (small models, minutes of pretraining); NOT comparable to the papers' numbers",
         "recipe": recipe.__dict__, "wall_seconds": round(wall, 1),
         "pretraining_data": info["pretrain"], "fallback": info.get("fallback"),
         "downstream": {k: v for k, v in ds.items() if k != "per_kit"}, "per_kit": ds.get("per_kit"),
         "protocol": protocol, "chance": chance, "rows": rows, "verdicts": verdicts,
+        "leak_check": info.get("leak_check"),
         "pretraining": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in runs.items()},
     }
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -205,7 +237,8 @@ def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recip
     L = ["# maeast-fairseq demo results", ""]
     if info.get("fallback"):
         L += [f"> **FALLBACK: synthetic data** ({info['fallback']}). These numbers are not a result on real audio.", ""]
-    L += [f"Small-data CPU figures (tiny 64-wide 2-layer models, minutes of pretraining on "
+    sizes = sorted({f"{P.model_size(recipe, m)}" for m in runs})
+    L += [f"Small-data CPU figures ({' / '.join(sizes)} models, minutes of pretraining on "
           f"{sum(info['pretrain']['seconds_per_source'].values()) / 60:.0f} min of audio): **not comparable to the "
           "papers' numbers**.", "",
           f"- pretraining audio: {info['pretrain']['description']} "
@@ -215,6 +248,13 @@ def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recip
     if ds.get("kits"):
         L.append(f"- kits: train {', '.join(ds['kits']['train'])}; dev {', '.join(ds['kits']['valid'])}; "
                  f"**test (held out)** {', '.join(ds['kits']['test'])}")
+    lc = info.get("leak_check")
+    if lc and lc["held_out"].get("max_similarity") is not None:
+        L.append(f"- leak check: the held-out clips' nearest pretraining piece scores at most "
+                 f"{lc['held_out']['max_similarity']} (onset log-mel fingerprint, cosine); the training kits' clips, "
+                 f"whose recordings are in the pretraining corpus, score {lc['training_kits']['min_similarity']}-"
+                 f"{lc['training_kits']['max_similarity']}: "
+                 + ("**POSSIBLE LEAK**" if lc["leak"] else "no held-out recording is in the pretraining audio"))
     L += [f"- protocol: {protocol}; lr picked on dev from {recipe.lr_sweep}; {recipe.head_steps} head steps; "
           f"head seeds {recipe.seeds}; accuracy on the test kits, mean ± std over seeds"
           + (f"; chance (majority class) {100 * chance:.1f}%" if chance is not None else ""),
@@ -258,10 +298,7 @@ def main(argv=None) -> int:
     P.step("corpus log-mel statistics (maeast-stats) for SSAST / EAT's dataset normalisation")
     stats = P.corpus_stats(info["pretrain"]["manifest"], out, recipe.stats_clips)
 
-    runs = {}
-    for i, m in enumerate(methods):
-        P.step(f"pretraining {i + 1}/{len(methods)}: {P.TITLES[m]} ({P.CONFIGS[m]}, {recipe.updates[m]} updates)")
-        runs[m] = P.pretrain(m, info["pretrain"]["manifest"], out, recipe, stats)
+    runs = P.pretrain_all(methods, info["pretrain"]["manifest"], out, recipe, stats)
 
     evals = {}
     data = info["downstream"]["data"]
