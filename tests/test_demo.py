@@ -57,8 +57,64 @@ def test_demo_end_to_end_offline(tmp_path, monkeypatch):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _fake_kits(root, kits, seed=0):
+    """Hydrogen-style kits: drumkit.xml + one synthetic wav per instrument (kick: low thump, snare: noise burst,
+    hi-hat: high-passed noise), different per kit."""
+    import numpy as np
+    import soundfile as sf
+    xml = ('<?xml version="1.0"?><drumkit_info xmlns="http://www.hydrogen-music.org/drumkit"><name>K</name>'
+           '<instrumentList>{}</instrumentList></drumkit_info>')
+    inst = "<instrument><name>{}</name><layer><filename>{}</filename></layer></instrument>"
+    rng = np.random.default_rng(seed)
+    t = np.arange(16000) / 16000
+    for kit in kits:
+        d = root / kit
+        d.mkdir(parents=True)
+        body = ""
+        for name in ("Kick", "Snare", "Closed HH"):
+            f0 = rng.uniform(40, 90)
+            noise = rng.standard_normal(16000)
+            decay = rng.uniform(4, 60)  # each kit's sounds differ in pitch, colour and decay
+            hiss = np.convolve(noise, rng.standard_normal(int(rng.integers(2, 12))), mode="same")
+            wav = {"Kick": np.sin(2 * np.pi * f0 * t) * np.exp(-decay / 4 * t),
+                   "Snare": 0.5 * hiss * np.exp(-decay * t) + 0.3 * np.sin(2 * np.pi * 4 * f0 * t) * np.exp(-25 * t),
+                   "Closed HH": np.diff(hiss, prepend=0) * 0.3 * np.exp(-2 * decay * t)}[name]
+            ring = np.sin(2 * np.pi * rng.uniform(500, 6000) * t) * np.exp(-rng.uniform(2, 30) * t)
+            fn = name.replace(" ", "_") + ".wav"
+            sf.write(str(d / fn), (0.5 * wav + 0.2 * ring).astype("float32"), 16000)
+            body += inst.format(name, fn)
+        (d / "drumkit.xml").write_text(xml.format(body))
+
+
+def test_demo_drum_task_k_fold_over_kit_groups_offline(tmp_path, monkeypatch):
+    """The demo's main path with fake Hydrogen kits: kit-grouped k-fold evaluation and the leak check."""
+    from maeast_fairseq.cli import demo
+    from maeast_fairseq.data.synthetic import make_corpus
+    from maeast_fairseq.demo import fetch
+
+    kits = ["KitA", "KitA2", "KitB", "KitB2", "KitC", "KitC2"]
+    _fake_kits(tmp_path / "kits", kits)
+    monkeypatch.setattr(fetch, "fetch_packages", lambda names, cache: {n: str(tmp_path / "kits") for n in names})
+    monkeypatch.setattr(fetch, "KIT_FOLDS", (("a", ("KitA", "KitA2")), ("b", ("KitB", "KitB2")), ("c", ())))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    make_corpus(str(tmp_path / "audio"), 16, seed=0, seconds=(1.0, 2.0))
+    out = tmp_path / "demo"
+    rc = demo.main(["--recipe", "test", "--out", str(out), "--audio-dir", str(tmp_path / "audio"),
+                    "--cache", str(tmp_path / "cache"), "--methods", "mae_ast"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["downstream"]["folds"] == ["a", "b", "c"] and res["downstream"]["clips"] == {"a": 6, "b": 6, "c": 6}
+    lc = res["leak_check"]
+    assert lc["leak"] is False and lc["cross_fold_pairs_at_threshold"] == 0 and lc["vs_pretraining"]["clips"] == 18
+    assert {r["upstream"] for r in res["rows"]} == {"mae_ast", "random:mae_ast", "logmel"}
+    evals = json.loads((out / "eval" / "mae_ast.json").read_text())
+    assert len(evals["folds"]) == 3  # every kit group was the test fold once
+    md = (out / "results.md").read_text()
+    assert "**a** KitA, KitA2 (6 clips)" in md and "no test recording is heard" in md
+
+
 def test_drum_classes():
-    from maeast_fairseq.demo.fetch import drum_class, kit_split
+    from maeast_fairseq.demo.fetch import drum_class, kit_fold
 
     expect = {"Kick": "kick", "c3 - bass drum 1": "kick", "BassDrum": "kick", "Snare Rimshot": "snare",
               "Closed HH": "hihat", "Hi-Hat Open (Paiste)": "hihat", "Sabian Hat Choke": "hihat", "Side OHH": "hihat",
@@ -66,8 +122,11 @@ def test_drum_classes():
               "Ride Bell": "cymbal", "Zildjian Splash": "cymbal", "China (Paiste Alpha 18\")": "cymbal",
               "Stick": None, "Pearl Side Stick": None, "Cowbell": None, "Hand Clap": None, "Djembe1 Bass": None}
     assert {k: drum_class(k) for k in expect} == expect
-    assert kit_split("GMRockKit") == "test" and kit_split("ColomboAcousticDrumkit") == "valid"
-    assert kit_split("BJA_Pacific") == "train"
+    assert kit_fold("GMRockKit") == "rock" and kit_fold("ForzeeStereo") == "forzee"
+    assert kit_fold("ColomboAcousticDrumkit") == kit_fold("Some New Kit") == "others"  # unnamed kits: the last fold
+    # kits that share recordings are one fold (the leak check found the first pair)
+    assert kit_fold("The Black Pearl 1.0") == kit_fold("The_Black_Pearl_1.0") == kit_fold("gmrockkit") == "rock"
+    assert kit_fold("Millo_MultiLayered2") == kit_fold("Audiophob") == "millo"
 
 
 def test_drum_kit_parsing(tmp_path):
@@ -88,12 +147,22 @@ def test_drum_kit_parsing(tmp_path):
             sf.write(str(d / fn), rng.standard_normal(8000).astype("float32") * 0.1, 44100)
             body += inst.format(name, fn)
         (d / "drumkit.xml").write_text(xml.format(body))
-    info = prepare_drums(find_kits([str(tmp_path / "kits")]), str(tmp_path / "out"))
-    assert info["clips"] == {"train": 3, "valid": 3, "test": 3}
+    folds = (("a", ("KitA",)), ("rock", ("GMRockKit",)), ("rest", ()))
+    info = prepare_drums(find_kits([str(tmp_path / "kits")]), str(tmp_path / "out"), folds=folds)
+    assert info["clips"] == {"a": 3, "rock": 3, "rest": 3} and info["folds"] == ["a", "rock", "rest"]
     assert info["classes"] == ["hihat", "kick", "snare"]
-    assert info["kits"] == {"train": ["KitA"], "valid": ["ColomboAcousticDrumkit"], "test": ["GMRockKit"]}
-    lbl = (tmp_path / "out" / "data" / "test.lbl").read_text().split()
-    assert sorted(lbl) == ["hihat", "kick", "snare"]
+    assert info["kits"] == {"a": ["KitA"], "rock": ["GMRockKit"], "rest": ["ColomboAcousticDrumkit"]}
+    data = tmp_path / "out" / "data"
+    paths = data.joinpath("all.tsv").read_text().splitlines()[1:]
+    ids = data.joinpath("folds.txt").read_text().split()
+    lbl = data.joinpath("all.lbl").read_text().split()
+    assert len(paths) == len(ids) == len(lbl) == 9
+    for p, f, c in zip(paths, ids, lbl):  # a clip's fold is its kit's; its label its instrument's class
+        assert f == {"KitA": "a", "GMRockKit": "rock", "ColomboAcousticDrumkit": "rest"}[p.split("/")[0]]
+        assert p.split("\t")[0].endswith(f"_{c}.wav")
+    with pytest.raises(Exception, match="no clips in fold"):
+        prepare_drums(find_kits([str(tmp_path / "kits")]), str(tmp_path / "out2"),
+                      folds=folds[:2] + (("empty", ("Nope",)), ("rest", ())))
 
 
 def test_fetch_without_apt_says_so(tmp_path, monkeypatch):

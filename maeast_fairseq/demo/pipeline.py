@@ -209,6 +209,11 @@ def evaluate(upstream: str, data: str, out: str, name: str, recipe: Recipe) -> D
             "--steps", str(recipe.head_steps), "--eval-every", "25", "--json", path, "--quiet",
             "--cache", os.path.join(out, "eval", "cache"), "--device", "cpu", "--threads", "1",
             "--extract-batch-size", "16"]
+    folds = os.path.join(data, "folds.txt")
+    if os.path.isfile(folds):  # the drum task: k-fold over groups of whole kits, the SUPERB head in every fold
+        with open(folds) as f:
+            k = len({line.strip() for line in f if line.strip()})
+        argv += ["--folds", str(k), "--fold-file", folds, "--fold-split", "all", "--protocol", "superb"]
     t0 = time.time()
     rc = eval_main(argv)
     if rc != 0:
