@@ -1,16 +1,18 @@
 """``make demo``: the whole life of the method on real recordings, with pictures.
 
 1. fetch real recordings from Debian packages (``apt-get download`` + ``dpkg -x`` into ``.cache/audio``; cached):
-   voice-acted speech (fillets-ng-data-cs), spoken letters (klettres-data), instrument samples (sonic-pi-samples,
-   lmms-common) and the Hydrogen drum kits. ``AUDIO_DIR=/some/folder`` (or ``--audio-dir``) pretrains on any folder
-   of audio instead. Without apt the demo falls back to a synthetic corpus, and says so loudly.
+   instrument and drum samples (sonic-pi-samples, lmms-common), the recorded samples inside the FluidR3 General-MIDI
+   SoundFont (fluid-soundfont-gm: 128 instruments and its drum kits, read straight from the .sf2) and the Hydrogen
+   drum kits (downstream only). ``AUDIO_DIR=/some/folder`` (or ``--audio-dir``) pretrains on any folder of audio
+   instead. Without apt the demo falls back to a synthetic corpus, and says so loudly.
 2. the downstream task: drum-instrument type (kick / snare / hi-hat / tom / cymbal) from the Hydrogen kits'
-   ``drumkit.xml``, WHOLE KITS held out (train kits, one dev kit, four test kits);
+   ``drumkit.xml``, 5-fold cross-validation over groups of WHOLE kits (kits sharing recordings are one group), and a
+   leak check (no drum clip's recording is in the pretraining audio or in another fold);
 3. corpus log-mel statistics (maeast-stats), then small MAE-AST, EAT and SSAST pretrainings (fairseq-hydra-train,
    the tiny configs widened to 128 x 4 layers, two pretrainings at a time; ~12 min for everything on 2 CPU cores,
    ``QUICK=1`` / ``--quick`` ~5 min);
-4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 3 head seeds) of every
-   pretrained model, its random-init twin and a log-mel baseline;
+4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 5 head seeds, in every fold)
+   of every pretrained model, its random-init twin and a log-mel baseline;
 5. ``results.md``, ``results.json`` and PNG figures in ``--out`` (default ``runs/demo``).
 
 These are small-data CPU figures: they are not comparable to the papers' numbers.
@@ -312,17 +314,10 @@ def main(argv=None) -> int:
 
     runs = P.pretrain_all(methods, info["pretrain"]["manifest"], out, recipe, stats)
 
-    evals = {}
     data = info["downstream"]["data"]
     ups = [(m, runs[m]["checkpoint"]) for m in methods] + [(f"random:{m}", f"random:{runs[m]['checkpoint']}")
                                                           for m in methods] + [("logmel", "logmel")]
-    for i, (name, spec) in enumerate(ups):
-        P.step(f"evaluation {i + 1}/{len(ups)}: {name} (frozen, weighted layer sum + linear head, seeds "
-               f"{recipe.seeds})")
-        evals[name] = P.evaluate(spec, data, out, name.replace(":", "_"), recipe)
-        t = evals[name]["test"]
-        print(f"   {name}: test accuracy {100 * t['mean']:.1f} ± {100 * t['std']:.1f} "
-              f"({evals[name]['_seconds']:.0f} s)", flush=True)
+    evals = P.evaluate_all(ups, data, out, recipe)
 
     P.step("figures")
     from maeast_fairseq.demo import plots

@@ -42,7 +42,7 @@ class Recipe:
 WIDE = {
     "mae_ast": ["model.embed_dim=128", "model.encoder_layers=4", "model.ffn_dim=512", "model.decoder_embed_dim=128",
                 "model.decoder_ffn_dim=512"],
-    "eat": ["model.embed_dim=128", "model.depth=4", "model.decoder_dim=128"],
+    "eat": ["model.embed_dim=128", "model.depth=4", "model.decoder_dim=128", "model.average_top_k_layers=4"],  # all, as EAT
     "ssast": ["model.embed_dim=128", "model.encoder_layers=4", "model.ffn_dim=512"],
 }
 
@@ -50,7 +50,7 @@ RECIPES = {
     "full": Recipe("full", pretrain_minutes=45.0, updates={"mae_ast": 2000, "eat": 2000, "ssast": 1500},
                    lr={"mae_ast": 1e-3, "eat": 1e-3, "ssast": 1e-3}, seeds="0,1,2,3,4", overrides=WIDE),
     "quick": Recipe("quick", pretrain_minutes=15.0, updates={"mae_ast": 600, "eat": 400, "ssast": 400},
-                    lr={"mae_ast": 1e-3, "eat": 1e-3, "ssast": 1e-3}, head_steps=600, stats_clips=150,
+                    lr={"mae_ast": 1e-3, "eat": 1e-3, "ssast": 1e-3}, head_steps=600, lr_sweep="1e-3", stats_clips=150,
                     overrides=WIDE),
     "test": Recipe("test", pretrain_minutes=1.0, updates={"mae_ast": 6, "eat": 6, "ssast": 6}, batch_size=4,
                    head_steps=20, lr_sweep="1e-3", seeds="0,1,2", stats_clips=20,
@@ -203,7 +203,7 @@ def corpus_stats(data: str, out: str, clips: int) -> Dict[str, float]:
 
 
 def evaluate(upstream: str, data: str, out: str, name: str, recipe: Recipe) -> Dict:
-    from maeast_fairseq.cli.evaluate import main as eval_main
+    """``maeast-evaluate`` in a subprocess (one thread): k-fold over kit groups when ``data`` has a ``folds.txt``."""
     path = os.path.join(out, "eval", f"{name}.json")
     argv = [upstream, "--data", data, "--lr-sweep", recipe.lr_sweep, "--seeds", recipe.seeds,
             "--steps", str(recipe.head_steps), "--eval-every", "25", "--json", path, "--quiet",
@@ -214,11 +214,31 @@ def evaluate(upstream: str, data: str, out: str, name: str, recipe: Recipe) -> D
         with open(folds) as f:
             k = len({line.strip() for line in f if line.strip()})
         argv += ["--folds", str(k), "--fold-file", folds, "--fold-split", "all", "--protocol", "superb"]
+    log_path = os.path.join(out, "logs", f"eval_{name}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
     t0 = time.time()
-    rc = eval_main(argv)
+    with open(log_path, "w") as logf:
+        rc = subprocess.run([sys.executable, "-m", "maeast_fairseq.cli.evaluate"] + argv, stdout=logf,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")).returncode
     if rc != 0:
-        raise RuntimeError(f"maeast-evaluate {' '.join(argv)} failed (exit {rc})")
+        tail = open(log_path).read()[-3000:]
+        raise RuntimeError(f"maeast-evaluate {' '.join(argv)} failed (exit {rc}); log {log_path}:\n{tail}")
     with open(path) as f:
         res = json.load(f)
     res["_seconds"] = round(time.time() - t0, 1)
+    t = res["test"]
+    print(f"   {name}: accuracy {100 * t['mean']:.1f} ± {100 * t['std']:.1f} ({res['_seconds']:.0f} s; "
+          f"log {log_path})", flush=True)
     return res
+
+
+def evaluate_all(upstreams: List[tuple], data: str, out: str, recipe: Recipe) -> Dict[str, Dict]:
+    """Every (name, upstream spec), ``recipe.parallel`` at a time; results in the given order."""
+    from concurrent.futures import ThreadPoolExecutor
+    workers = max(1, min(recipe.parallel, len(upstreams), os.cpu_count() or 1))
+    step(f"evaluation of {len(upstreams)} upstreams, {workers} at a time (frozen, weighted layer sum + linear head, "
+         f"seeds {recipe.seeds})")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {name: pool.submit(evaluate, spec, data, out, name.replace(":", "_"), recipe)
+                   for name, spec in upstreams}
+        return {name: futures[name].result() for name, _ in upstreams}
