@@ -42,6 +42,10 @@ SPECS = {
     "ssast_frame_two_pass": ("ssast_frame", {"passes": "two"}, {"nce_orientation": "predictions"}),
     "mae_ast_patch": ("mae_ast_patch", {}, {"nce_orientation": "targets"}),
     "mae_ast_frame": ("mae_ast_frame", {}, {"nce_orientation": "targets"}),
+    # diagnostic: MAE-AST's recipe trains with dropout 0.1 (attention too); SSAST's with none. On CPU, attention
+    # dropout sends SDPA to its math path (the (B, H, T, T) probabilities and dropout mask are kept for backward)
+    "mae_ast_patch_no_dropout": ("mae_ast_patch", {"dropout": 0.0, "attention_dropout": 0.0, "dropout_input": 0.0},
+                                 {"nce_orientation": "targets"}),
     "eat_base": ("eat_base", {}, {}),
 }
 DEFAULT_MODELS = "ssast_patch,ssast_patch_two_pass,mae_ast_patch,mae_ast_frame,eat_base"
