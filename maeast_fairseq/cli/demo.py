@@ -180,8 +180,8 @@ def leak_check(downstream: str, corpus: str) -> dict:
     clips = [e.path for e in read_manifest(os.path.join(downstream, "all.tsv"))[1]]
     with open(os.path.join(downstream, "folds.txt")) as f:
         folds = [line.strip() for line in f]
-    vs_corpus = F.nearest_duplicate(clips, F.audio_files(corpus))
-    prints = torch.stack([F._onset_print(c) for c in clips])
+    prints = F.onset_prints(clips)
+    vs_corpus = F.nearest_duplicate(clips, F.audio_files(corpus), held_out_prints=prints)
     sim = prints @ prints.T
     fold_ids = {f: i for i, f in enumerate(dict.fromkeys(folds))}
     fid = torch.tensor([fold_ids[f] for f in folds])

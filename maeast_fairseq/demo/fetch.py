@@ -383,21 +383,28 @@ def _onset_print(path: str, frames: int = 48) -> "torch.Tensor":
     return (feats / feats.norm().clamp_min(1e-8)).flatten()
 
 
-def nearest_duplicate(held_out: Sequence[str], pretraining: Sequence[str], threshold: float = 0.99) -> Dict[str, object]:
+def onset_prints(paths: Sequence[str]) -> "torch.Tensor":
+    """(len(paths), 48 * 64) unit-norm onset fingerprints (see :func:`_onset_print`)."""
+    import torch
+    return torch.stack([_onset_print(p) for p in paths])
+
+
+def nearest_duplicate(held_out: Sequence[str], pretraining: Sequence[str], threshold: float = 0.99,
+                      held_out_prints: Optional["torch.Tensor"] = None) -> Dict[str, object]:
     """The highest cosine similarity between any held-out clip's onset fingerprint and any pretraining piece's
     (``max_similarity``; ``min_similarity``: the clip whose nearest piece is farthest; ``clips_at_threshold``: how
     many clips have a piece at ``threshold`` or above, i.e. look like a copy).
 
     The same recording (also re-encoded or resampled) scores ~1.0; different recordings of the same kind of sound
-    score lower (~0.9-0.97 for drum hits). The demo reports it beside the same figure for the TRAINING kits."""
+    score lower (~0.9-0.97 for drum hits). ``held_out_prints``: the held-out fingerprints, when already computed."""
     import torch
     if not held_out or not pretraining:
         return {"max_similarity": None}
-    a = torch.stack([_onset_print(p) for p in held_out])
+    a = onset_prints(held_out) if held_out_prints is None else held_out_prints
     best = torch.full((len(held_out),), -1.0)
     arg = torch.zeros(len(held_out), dtype=torch.long)
     for i in range(0, len(pretraining), 256):
-        b = torch.stack([_onset_print(p) for p in pretraining[i:i + 256]])
+        b = onset_prints(pretraining[i:i + 256])
         val, idx = (a @ b.T).max(1)
         better = val > best
         best = torch.where(better, val, best)

@@ -129,16 +129,26 @@ def pretrain(method: str, data: str, out: str, recipe: Recipe, stats: Dict[str, 
             "checkpoint": ckpt, "log": log_path, "overrides": over, "curve": curve}
 
 
+def _workers(recipe: Recipe, jobs: int) -> int:
+    return max(1, min(recipe.parallel, jobs, os.cpu_count() or 1))
+
+
+def _run_parallel(jobs: Dict[str, tuple], workers: int) -> Dict[str, Dict]:
+    """{key: (fn, *args)} run ``workers`` at a time (threads waiting on subprocesses), submitted in dict order."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {k: pool.submit(*job) for k, job in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
 def pretrain_all(methods: List[str], data: str, out: str, recipe: Recipe, stats: Dict[str, float]) -> Dict[str, Dict]:
     """Every method's pretraining, ``recipe.parallel`` at a time (one thread each), the longest first; in order."""
-    from concurrent.futures import ThreadPoolExecutor
-    workers = max(1, min(recipe.parallel, len(methods), os.cpu_count() or 1))
+    workers = _workers(recipe, len(methods))
     order = sorted(methods, key=lambda m: -recipe.updates[m] * COST.get(m, 1.0)
                    * float(_override(recipe, m, "model.embed_dim", 64) / 64) ** 2)
     step(f"pretraining {', '.join(TITLES[m] for m in order)}: {workers} at a time, one thread each")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {m: pool.submit(pretrain, m, data, out, recipe, stats) for m in order}
-        return {m: futures[m].result() for m in methods}
+    runs = _run_parallel({m: (pretrain, m, data, out, recipe, stats) for m in order}, workers)
+    return {m: runs[m] for m in methods}
 
 
 #: relative cost of one update of the tiny configs (seconds per update, measured: MAE-AST 1, SSAST 2.5, EAT 3)
@@ -234,11 +244,8 @@ def evaluate(upstream: str, data: str, out: str, name: str, recipe: Recipe) -> D
 
 def evaluate_all(upstreams: List[tuple], data: str, out: str, recipe: Recipe) -> Dict[str, Dict]:
     """Every (name, upstream spec), ``recipe.parallel`` at a time; results in the given order."""
-    from concurrent.futures import ThreadPoolExecutor
-    workers = max(1, min(recipe.parallel, len(upstreams), os.cpu_count() or 1))
+    workers = _workers(recipe, len(upstreams))
     step(f"evaluation of {len(upstreams)} upstreams, {workers} at a time (frozen, weighted layer sum + linear head, "
          f"seeds {recipe.seeds})")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {name: pool.submit(evaluate, spec, data, out, name.replace(":", "_"), recipe)
-                   for name, spec in upstreams}
-        return {name: futures[name].result() for name, _ in upstreams}
+    return _run_parallel({name: (evaluate, spec, data, out, name.replace(":", "_"), recipe)
+                          for name, spec in upstreams}, workers)
