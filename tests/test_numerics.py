@@ -433,3 +433,61 @@ def test_eat_criterion_does_not_warn_for_a_healthy_teacher(caplog):
     assert not [r for r in caplog.records if r.name == EAT_LOGGER]
     stats = _reduce(logs)
     assert stats["target_collapsed"] == 0 and stats["target_var"] > 0.9
+
+
+def test_cpu_attention_dropout_recomputed_in_backward_gives_the_same_values_and_gradients(monkeypatch):
+    """Attention dropout on CPU runs under activation checkpointing (no (B, H, N, N) probabilities kept): the output
+    and gradients equal plain SDPA with the same RNG state, and the dropout is really applied."""
+    import torch.nn.functional as F
+    from maeast_fairseq.core import blocks
+    from maeast_fairseq.core.blocks import SelfAttention
+
+    monkeypatch.setattr(blocks, "CPU_DROPOUT_RECOMPUTE", True)
+    calls = []
+    monkeypatch.setattr(blocks, "checkpoint",
+                        lambda *a, **k: calls.append(1) or torch.utils.checkpoint.checkpoint(*a, **k))
+    attn = SelfAttention(32, 4, attention_dropout=0.3).train()
+    x = torch.randn(2, 40, 32, requires_grad=True)
+    torch.manual_seed(5)
+    y = attn(x)
+    y.pow(2).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in attn.parameters()]
+
+    x2 = x.detach().clone().requires_grad_(True)
+    attn.zero_grad()
+    b, n, d = x2.shape
+    torch.manual_seed(5)
+    q, k, v = attn.qkv(x2).view(b, n, 3, 4, d // 4).permute(2, 0, 3, 1, 4)
+    ref = attn.proj(F.scaled_dot_product_attention(q, k, v, dropout_p=0.3).transpose(1, 2).reshape(b, n, d))
+    ref.pow(2).sum().backward()
+    assert torch.allclose(y, ref, atol=1e-6)
+    for g, r in zip(grads, [x2.grad] + [p.grad for p in attn.parameters()]):
+        assert torch.allclose(g, r, atol=1e-5)
+    assert calls == [1]  # the recomputing path ran
+    assert not torch.allclose(y, attn.eval()(x), atol=1e-3)  # dropout was on in training mode
+
+
+def test_cpu_attention_dropout_in_batch_chunks_matches_its_own_recomputation(monkeypatch):
+    """With a batch larger than one chunk, the chunked CPU dropout path is the same computation with and without
+    activation checkpointing (same seed): forward values and every gradient equal; padding masks per clip are
+    sliced with their chunk."""
+    from maeast_fairseq.core import blocks
+
+    monkeypatch.setattr(blocks, "CPU_DROPOUT_CHUNK_BYTES", 4 * 40 * 40 * 4 * 2)  # 2 clips per chunk
+    q, k, v = (torch.randn(5, 4, 40, 8, requires_grad=True) for _ in range(3))
+    mask = torch.ones(5, 1, 1, 40, dtype=torch.bool)
+    mask[1, ..., 30:] = False  # clip 1 is padded
+    torch.manual_seed(3)
+    y = blocks.checkpoint(blocks._chunked_dropout_attention, q, k, v, mask, 0.25, use_reentrant=False)
+    y.sum().backward()
+    g = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    torch.manual_seed(3)
+    ref = blocks._chunked_dropout_attention(q, k, v, mask, 0.25)
+    ref.sum().backward()
+    assert torch.allclose(y, ref, atol=1e-6)
+    for a, b in zip(g, (q.grad, k.grad, v.grad)):
+        assert torch.allclose(a, b, atol=1e-5)
+    # the padded keys of clip 1 get no attention (masked before dropout): their values get no gradient
+    assert torch.all(v.grad[1, :, 30:] == 0) and v.grad[0, :, 30:].abs().sum() > 0

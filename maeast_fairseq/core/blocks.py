@@ -9,15 +9,19 @@ One block class covers the three encoders; the differences are parameters:
 
 Every block also returns the FFN output before its residual add (``ffn_out``), the per-layer target of EAT/data2vec.
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on
-GPU); a key padding mask (True = padding) is turned into a boolean attention mask.
+GPU); a key padding mask (True = padding) is turned into a boolean attention mask. With ``CPU_DROPOUT_RECOMPUTE``,
+attention dropout on CPU is recomputed in backward instead of keeping the attention probabilities (CPU SDPA keeps
+them when dropout is on): less memory, a slower step.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class DropPath(nn.Module):
@@ -55,10 +59,37 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attention_dropout if self.training else 0.0
-        )
+        p = self.attention_dropout if self.training else 0.0
+        if p > 0.0 and CPU_DROPOUT_RECOMPUTE and x.device.type == "cpu" and torch.is_grad_enabled():
+            # On CPU, SDPA with dropout takes its math path and keeps the (B, H, N, N) probabilities and the dropout
+            # mask for backward (+375 MB per 512-token layer at batch 8); recomputing them in backward keeps
+            # neither (the RNG state is restored for the recomputation: the same mask, the same gradients), and
+            # batch chunks bound the probabilities alive at once to ~CPU_DROPOUT_CHUNK_BYTES.
+            y = checkpoint(_chunked_dropout_attention, q, k, v, attn_mask, p, use_reentrant=False)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+#: CPU training with attention dropout: recompute the attention in backward, in batch chunks, instead of keeping the
+#: probabilities (MAE-AST base, batch 8: peak 3.9 -> 3.4 GB, step 5.2 -> 6.8 s; BENCHMARKS.md). Off by default (speed);
+#: on with MAEAST_CPU_DROPOUT_RECOMPUTE=1 or by setting this flag. No effect on GPU or without attention dropout.
+CPU_DROPOUT_RECOMPUTE = os.environ.get("MAEAST_CPU_DROPOUT_RECOMPUTE", "0").strip().lower() in ("1", "true", "yes")
+#: bytes of (H, N, N) float32 attention probabilities computed at once by the CPU dropout path
+CPU_DROPOUT_CHUNK_BYTES = 64 * 2 ** 20
+
+
+def _chunked_dropout_attention(q, k, v, attn_mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
+    """SDPA with dropout over batch chunks of at most ``CPU_DROPOUT_CHUNK_BYTES`` of probabilities (one chunk when
+    the batch fits: then exactly one SDPA call)."""
+    b, h, n = q.shape[0], q.shape[1], q.shape[2]
+    step = max(1, CPU_DROPOUT_CHUNK_BYTES // (h * n * k.shape[2] * 4))
+    if step >= b:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+    per_clip = attn_mask is not None and attn_mask.shape[0] == b
+    return torch.cat([F.scaled_dot_product_attention(
+        q[i:i + step], k[i:i + step], v[i:i + step], dropout_p=p,
+        attn_mask=attn_mask[i:i + step] if per_clip else attn_mask) for i in range(0, b, step)])
 
 
 class FeedForward(nn.Module):
