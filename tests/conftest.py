@@ -32,6 +32,16 @@ def fairseq_env():
     return env
 
 
+def run_cli(cmd, cwd, env=None, timeout=600) -> str:
+    """Run a command (a fairseq / torchrun CLI) and return its stdout + stderr; the test fails with the output's
+    tail when it exits non-zero. ``env`` defaults to :func:`fairseq_env`."""
+    proc = subprocess.run(cmd, cwd=cwd, env=fairseq_env() if env is None else env, capture_output=True, text=True,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
 def console(name: str) -> str:
     """Path of a console script installed next to this interpreter."""
     path = os.path.join(os.path.dirname(sys.executable), name)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import BLOCK_FAIRSEQ, REPO, console, fairseq_env
+from conftest import BLOCK_FAIRSEQ, REPO, console, fairseq_env, run_cli
 from maeast_fairseq.core.classifier import (
     AudioClassifier,
     ClassifierConfig,
@@ -43,10 +43,7 @@ def env():
 
 
 def run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return run_cli(cmd, cwd, env())
 
 
 def valid_lines(log):

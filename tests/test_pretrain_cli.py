@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, console, fairseq_env
+from conftest import REPO, console, run_cli
 
 pytest.importorskip("fairseq")
 
@@ -26,10 +26,7 @@ def overfit_set(tmp_path_factory):
 
 
 def run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, env=fairseq_env(), capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return run_cli(cmd, cwd)
 
 
 def losses(log):

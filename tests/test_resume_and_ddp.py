@@ -33,7 +33,7 @@ import types
 import pytest
 import torch
 
-from conftest import REPO, console, fairseq_env
+from conftest import REPO, console, fairseq_env, run_cli
 
 pytest.importorskip("fairseq")
 
@@ -56,10 +56,7 @@ def env():
 
 
 def run(cmd, cwd):
-    proc = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return run_cli(cmd, cwd, env())
 
 
 def curve(log):
