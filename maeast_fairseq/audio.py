@@ -201,13 +201,20 @@ def read_clip(
     return ClipAudio(wav.to(dtype), sr, total, cropped)
 
 
+#: lossy codecs: their decoders overshoot full scale a little (Gibbs ringing of a clipped master); only a peak
+#: beyond LOSSY_PEAK_LIMIT there means unscaled integer samples
+LOSSY_EXTS = (".ogg", ".oga", ".opus", ".mp3")
+LOSSY_PEAK_LIMIT = 2.0
+
+
 def _warn_unscaled(p: str, data: np.ndarray) -> None:
-    """Warn (once per file) when decoded samples exceed [-1, 1]; the samples are left as they are."""
+    """Warn (once per file) when decoded samples exceed [-1, 1] (``LOSSY_PEAK_LIMIT`` for Ogg / MP3, whose decoders
+    overshoot a little); the samples are left as they are."""
     key = os.path.abspath(p)
     if key in _WARNED_SCALE:
         return
     peak = max(float(data.max()), -float(data.min()))  # no |data| copy of a long clip
-    if peak > 1.0:
+    if peak > (LOSSY_PEAK_LIMIT if os.path.splitext(p)[1].lower() in LOSSY_EXTS else 1.0):
         _WARNED_SCALE.add(key)
         logger.warning(
             f"audio file {p!r} has samples beyond [-1, 1] (peak |sample| = {peak:.6g}): samples should be in "

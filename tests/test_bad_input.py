@@ -408,3 +408,22 @@ def test_unknown_config_key_through_fairseq_hydra_train(tiny_corpus, tmp_path):
     assert proc.returncode != 0
     assert "Could not override 'model.no_such_key'" in out  # hydra names the key ...
     assert "num_updates" not in out and not (tmp_path / "ckpt").exists()  # ... before anything trains
+
+
+def test_lossy_codec_overshoot_is_not_mistaken_for_unscaled_pcm(tmp_path, caplog):
+    """Ogg Vorbis decoders ring a little past full scale (peak ~1.05 for a clipped master): no warning; an Ogg file
+    whose peak says 'integer samples' still warns."""
+    import soundfile as sf
+    t = np.arange(16000) / 16000
+    square = np.sign(np.sin(2 * np.pi * 200 * t)).astype(np.float32)  # full-scale square: the decoder overshoots
+    sf.write(tmp_path / "clipped.ogg", square, 16000, format="OGG", subtype="VORBIS")
+    assert float(load_audio(tmp_path / "clipped.ogg").abs().max()) > 1.0  # the overshoot is real
+    with caplog.at_level(logging.WARNING, logger="maeast_fairseq.audio"):
+        load_audio(tmp_path / "clipped.ogg")
+        assert not [r for r in caplog.records if r.name == "maeast_fairseq.audio"]
+        with sf.SoundFile(tmp_path / "clipped.ogg") as f:  # the same codec, samples 3x too large
+            sf.write(tmp_path / "unscaled.ogg", 3 * f.read(dtype="float32"), 16000, format="OGG",
+                     subtype="VORBIS")
+        load_audio(tmp_path / "unscaled.ogg")
+        warned = [r.getMessage() for r in caplog.records if r.name == "maeast_fairseq.audio"]
+        assert len(warned) == 1 and "unscaled.ogg" in warned[0]

@@ -242,6 +242,49 @@ def test_soundfont_samples_are_written_as_wav(tmp_path):
         read_soundfont_samples(str(tmp_path / "bad.sf2"))
 
 
+def test_sf3_bank_samples_are_decoded_from_ogg_vorbis(tmp_path):
+    """An SF3 bank (MuseScore's): every sample is an Ogg Vorbis stream at byte offsets of the smpl chunk."""
+    import io
+    import struct
+
+    import numpy as np
+    import soundfile as sf
+    from maeast_fairseq.demo.fetch import SF3_VORBIS, read_soundfont_samples, soundfont_samples
+
+    t = np.arange(22050) / 22050
+    kick = (0.8 * np.sin(2 * np.pi * 60 * t) * np.exp(-6 * t)).astype("float32")
+    bell = (0.4 * np.sin(2 * np.pi * 880 * t) * np.exp(-2 * t)).astype("float32")
+    streams, hdrs, pos = [], [], 0
+    for name, wav, kind in [("Kick", kick, 1), ("Bell L", bell, 4), ("Bell R", bell, 2), ("Short", kick[:2000], 1)]:
+        b = io.BytesIO()
+        sf.write(b, wav, 22050, format="OGG", subtype="VORBIS")
+        data = b.getvalue()
+        hdrs.append(struct.pack("<20sIIIIIBbHH", name.encode(), pos, pos + len(data), 0, 0, 22050, 60, 0, 0,
+                                kind | SF3_VORBIS))
+        streams.append(data)
+        pos += len(data)
+    hdrs.append(struct.pack("<20sIIIIIBbHH", b"EOS", 0, 0, 0, 0, 0, 0, 0, 0, 0))
+
+    def chunk(cid, data):
+        return cid + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+    body = (b"sfbk" + chunk(b"LIST", b"INFO" + chunk(b"ifil", struct.pack("<HH", 3, 1)))
+            + chunk(b"LIST", b"sdta" + chunk(b"smpl", b"".join(streams)))
+            + chunk(b"LIST", b"pdta" + chunk(b"shdr", b"".join(hdrs))))
+    (tmp_path / "bank.sf3").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+    pool, headers = read_soundfont_samples(str(tmp_path / "bank.sf3"))
+    assert pool.dtype == np.uint8 and [h[0] for h in headers] == ["Kick", "Bell L", "Bell R", "Short"]
+    files = soundfont_samples(str(tmp_path / "bank.sf3"), str(tmp_path / "out"))
+    # kept: the mono kick and the left bell; skipped: the right channel and the 0.09 s sample
+    assert [os.path.basename(f) for f in files] == ["0000.wav", "0001.wav"]
+    wav, sr = sf.read(files[0])
+    assert sr == 22050 and len(wav) == len(kick)
+    assert np.corrcoef(wav, kick)[0, 1] > 0.99  # lossy codec: the same waveform, not the same bits
+    wav, _ = sf.read(files[1])
+    assert np.corrcoef(wav, bell)[0, 1] > 0.99
+
+
 def test_leak_check_finds_a_resampled_copy_and_not_a_different_sound(tmp_path):
     import numpy as np
     import soundfile as sf

@@ -9,7 +9,7 @@
    ``drumkit.xml``, 5-fold cross-validation over groups of WHOLE kits (kits sharing recordings are one group), and a
    leak check (no drum clip's recording is in the pretraining audio or in another fold);
 3. corpus log-mel statistics (maeast-stats), then small MAE-AST, EAT and SSAST pretrainings (fairseq-hydra-train,
-   the tiny configs widened to 128 x 4 layers, two pretrainings at a time; ~12 min for everything on 2 CPU cores,
+   the tiny configs widened to 128 x 4 layers, two pretrainings at a time; ~18 min for everything on 2 CPU cores,
    ``QUICK=1`` / ``--quick`` ~5 min);
 4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 5 head seeds, in every fold)
    of every pretrained model, its random-init twin and a log-mel baseline;
@@ -129,9 +129,10 @@ def get_data(args, out: str, recipe: P.Recipe) -> dict:
         sources = {}
         for p in F.PRETRAIN_PACKAGES:
             if p in F.SOUNDFONT_PACKAGES:  # the recorded samples inside the bank(s), written out as wav once
-                banks = sorted(glob.glob(os.path.join(pkgs[p], "**", "*.sf2"), recursive=True))
+                banks = sorted(f for ext in ("sf2", "sf3")
+                               for f in glob.glob(os.path.join(pkgs[p], "**", f"*.{ext}"), recursive=True))
                 if not banks:
-                    raise SystemExit(f"demo: no .sf2 SoundFont in the unpacked package {pkgs[p]}")
+                    raise SystemExit(f"demo: no .sf2 / .sf3 SoundFont in the unpacked package {pkgs[p]}")
                 sources[p] = [f for b in banks for f in F.soundfont_samples(
                     b, os.path.join(args.cache, "prepared", "soundfont", os.path.splitext(os.path.basename(b))[0]))]
             else:

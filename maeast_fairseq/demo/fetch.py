@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 import struct
 import random
@@ -29,8 +30,11 @@ AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 #: pretraining packages: recorded instruments and drums (DATA.md), plus the Hydrogen TRAINING kits (added by the
 #: demo). The samples of a General-MIDI SoundFont are recordings of 128 instruments and several drum kits. Speech
 #: (fillets-ng-data-cs, klettres-data) was the first corpus; for this drum task it gave smaller gains (README).
+#: Adding the MuseScore General bank (musescore-general-soundfont, .sf3: 42 min more) was measured too: MAE-AST's
+#: gap over its twin grew at 2000 updates, SSAST's shrank to within the seed spread (README); not used.
 PRETRAIN_PACKAGES = ("sonic-pi-samples", "lmms-common", "fluid-soundfont-gm")
-SOUNDFONT_PACKAGES = ("fluid-soundfont-gm",)
+#: packages whose audio is the recorded samples inside SoundFont banks (.sf2, or .sf3 with Ogg Vorbis samples)
+SOUNDFONT_PACKAGES = ("fluid-soundfont-gm", "musescore-general-soundfont")
 DRUM_PACKAGES = ("hydrogen-drumkits", "hydrogen-data")
 
 #: coarse drum classes, matched on the lower-cased instrument name in this order (first hit wins)
@@ -150,57 +154,89 @@ def _riff_chunks(buf: bytes, start: int, end: int):
 
 
 def read_soundfont_samples(path: str) -> Tuple[np.ndarray, List[Tuple[str, int, int, int, int]]]:
-    """A SoundFont 2 file's sample pool and sample headers: (int16 PCM, [(name, start, end, rate, type)]).
+    """A SoundFont's sample pool and sample headers: (pool, [(name, start, end, rate, type)]).
 
     SF2 is RIFF 'sfbk': LIST 'sdta' holds ``smpl`` (all samples, 16-bit little-endian, one pool) and LIST 'pdta'
     holds ``shdr`` (46-byte records: name[20], start, end, loop start, loop end (uint32 sample offsets into the pool),
     rate (uint32), original pitch, pitch correction, sample link, sample type (1 mono, 2 right, 4 left, 8 linked;
-    0x8000 = ROM)); the last record is the terminal 'EOS'.
+    0x8000 = ROM)); the last record is the terminal 'EOS'. SF3 (MuseScore's compressed banks) is the same file with
+    every sample an Ogg Vorbis stream: type bit ``SF3_VORBIS`` (0x10) is set and start / end are BYTE offsets into
+    ``smpl``; then the pool is returned as ``uint8`` (decode a sample with :func:`soundfont_sample`).
     """
     with open(path, "rb") as f:
         buf = f.read()
     if buf[:4] != b"RIFF" or buf[8:12] != b"sfbk":
-        raise FetchError(f"{path}: not a SoundFont 2 file (no RIFF 'sfbk' header)")
-    pool, shdr = None, None
+        raise FetchError(f"{path}: not a SoundFont 2 or 3 file (no RIFF 'sfbk' header)")
+    smpl, shdr = None, None
     for cid, off, size in _riff_chunks(buf, 12, len(buf)):
         if cid != b"LIST":
             continue
         for sub, o2, s2 in _riff_chunks(buf, off + 4, off + size):
             if sub == b"smpl":
-                pool = np.frombuffer(buf, "<i2", s2 // 2, o2)
+                smpl = (o2, s2)
             elif sub == b"shdr":
                 shdr = (o2, s2)
-    if pool is None or shdr is None:
-        raise FetchError(f"{path}: no 'smpl' or 'shdr' chunk (a compressed .sf3 bank is not supported)")
+    if smpl is None or shdr is None:
+        raise FetchError(f"{path}: no 'smpl' or 'shdr' chunk: not a SoundFont with recorded samples")
     headers = []
     for i in range(shdr[1] // 46 - 1):  # minus the terminal record
         name, start, end, _, _, rate, _, _, _, kind = struct.unpack_from("<20sIIIIIBbHH", buf, shdr[0] + 46 * i)
         headers.append((name.split(b"\0")[0].decode("latin-1"), start, end, rate, kind))
+    compressed = any(h[4] & SF3_VORBIS for h in headers)
+    pool = np.frombuffer(buf, np.uint8 if compressed else "<i2", smpl[1] // (1 if compressed else 2), smpl[0])
     return pool, headers
 
 
-def soundfont_samples(sf2: str, dest: str, *, min_seconds: float = 0.3, max_seconds: float = 3.0) -> List[str]:
-    """Write the mono / left-channel samples of ``sf2`` longer than ``min_seconds`` (the first ``max_seconds`` of each)
-    as wav files in ``dest``, at their own rate; right channels of stereo pairs are skipped (near-duplicates of the
-    left), as are silent ones. Idempotent (a ``.done`` marker)."""
+#: SF3 sample-type bit: the sample is an Ogg Vorbis stream (start / end are byte offsets)
+SF3_VORBIS = 0x10
+
+
+def soundfont_sample(pool: np.ndarray, start: int, end: int, rate: int, kind: int,
+                     max_seconds: float = 0.0) -> Tuple[np.ndarray, int]:
+    """One sample of a :func:`read_soundfont_samples` pool as float32 in [-1, 1] and its rate (the first
+    ``max_seconds`` when > 0)."""
+    if kind & SF3_VORBIS:
+        import soundfile as sf
+        wav, rate = sf.read(io.BytesIO(pool[start:end].tobytes()), dtype="float32", always_2d=True)
+        wav = wav[:, 0]
+    else:
+        wav = pool[start:end].astype(np.float32) / 32768.0
+    if max_seconds > 0:
+        wav = wav[:int(max_seconds * rate)]
+    return wav, rate
+
+
+def soundfont_samples(bank: str, dest: str, *, min_seconds: float = 0.3, max_seconds: float = 3.0) -> List[str]:
+    """Write the mono / left-channel samples of the SoundFont ``bank`` (.sf2, or .sf3 with Ogg Vorbis samples) longer
+    than ``min_seconds`` (the first ``max_seconds`` of each) as wav files in ``dest``, at their own rate; right
+    channels of stereo pairs are skipped (near-duplicates of the left), as are silent ones and samples that do not
+    decode (counted). Idempotent (a ``.done`` marker)."""
     import soundfile as sf
     marker = os.path.join(dest, ".done")
     if os.path.isfile(marker):
         return audio_files(dest)
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(dest)
-    pool, headers = read_soundfont_samples(sf2)
-    kept = 0
+    pool, headers = read_soundfont_samples(bank)
+    kept, broken = 0, 0
     for i, (name, start, end, rate, kind) in enumerate(headers):
-        if kind not in (1, 4) or rate <= 0 or end > len(pool) or (end - start) < min_seconds * rate:
+        if (kind & ~SF3_VORBIS) not in (1, 4) or rate <= 0 or end > len(pool):
             continue
-        wav = pool[start:min(end, start + int(max_seconds * rate))].astype(np.float32) / 32768.0
-        if float(np.abs(wav).max()) < 1e-3:
+        if not kind & SF3_VORBIS and (end - start) < min_seconds * rate:
+            continue
+        try:
+            wav, rate = soundfont_sample(pool, start, end, rate, kind, max_seconds)
+        except Exception:  # noqa: BLE001 (a damaged Ogg stream: counted, the others are kept)
+            broken += 1
+            continue
+        if len(wav) < min_seconds * rate or float(np.abs(wav).max()) < 1e-3:
             continue
         sf.write(os.path.join(dest, f"{i:04d}.wav"), wav, rate)
         kept += 1
-    open(marker, "w").write(f"{kept} of {len(headers)} samples from {sf2}\n")
-    log(f"{os.path.basename(sf2)}: {kept} of {len(headers)} recorded samples written to {dest}")
+    note = f"{kept} of {len(headers)} samples from {bank}" + (f"; {broken} did not decode" if broken else "")
+    open(marker, "w").write(note + "\n")
+    log(f"{os.path.basename(bank)}: {kept} of {len(headers)} recorded samples written to {dest}"
+        + (f" ({broken} did not decode, skipped)" if broken else ""))
     return audio_files(dest)
 
 
