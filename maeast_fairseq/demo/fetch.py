@@ -27,14 +27,15 @@ import numpy as np
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 
-#: pretraining packages: recorded instruments and drums (DATA.md), plus the Hydrogen TRAINING kits (added by the
-#: demo). The samples of a General-MIDI SoundFont are recordings of 128 instruments and several drum kits. Speech
-#: (fillets-ng-data-cs, klettres-data) was the first corpus; for this drum task it gave smaller gains (README).
-#: Adding the MuseScore General bank (musescore-general-soundfont, .sf3: 42 min more) was measured too: MAE-AST's
-#: gap over its twin grew at 2000 updates, SSAST's shrank to within the seed spread (README); not used.
+#: pretraining packages: recorded instruments and drums (DATA.md); no Hydrogen kit (every kit is held out in one
+#: fold of the drum task). The samples of a General-MIDI SoundFont are recordings of 128 instruments and several drum
+#: kits. Speech (fillets-ng-data-cs, klettres-data) was the first corpus; for this drum task it gave smaller gains
+#: (README). Adding the MuseScore General bank (musescore-general-soundfont, .sf3: 42 min more; add it here and to
+#: SOUNDFONT_PACKAGES) was measured too: MAE-AST's gap over its twin grew at 2000 updates, SSAST's shrank to within
+#: the seed spread (README); not used.
 PRETRAIN_PACKAGES = ("sonic-pi-samples", "lmms-common", "fluid-soundfont-gm")
-#: packages whose audio is the recorded samples inside SoundFont banks (.sf2, or .sf3 with Ogg Vorbis samples)
-SOUNDFONT_PACKAGES = ("fluid-soundfont-gm", "musescore-general-soundfont")
+#: pretraining packages whose audio is the recorded samples inside SoundFont banks (.sf2, or .sf3 with Ogg Vorbis)
+SOUNDFONT_PACKAGES = ("fluid-soundfont-gm",)
 DRUM_PACKAGES = ("hydrogen-drumkits", "hydrogen-data")
 
 #: coarse drum classes, matched on the lower-cased instrument name in this order (first hit wins)
@@ -199,8 +200,9 @@ def soundfont_sample(pool: np.ndarray, start: int, end: int, rate: int, kind: in
         import soundfile as sf
         wav, rate = sf.read(io.BytesIO(pool[start:end].tobytes()), dtype="float32", always_2d=True)
         wav = wav[:, 0]
-    else:
-        wav = pool[start:end].astype(np.float32) / 32768.0
+    else:  # PCM: convert only the part that is kept
+        wav = pool[start:min(end, start + int(max_seconds * rate)) if max_seconds > 0 else end].astype(np.float32)
+        wav /= 32768.0
     if max_seconds > 0:
         wav = wav[:int(max_seconds * rate)]
     return wav, rate
@@ -221,8 +223,6 @@ def soundfont_samples(bank: str, dest: str, *, min_seconds: float = 0.3, max_sec
     kept, broken = 0, 0
     for i, (name, start, end, rate, kind) in enumerate(headers):
         if (kind & ~SF3_VORBIS) not in (1, 4) or rate <= 0 or end > len(pool):
-            continue
-        if not kind & SF3_VORBIS and (end - start) < min_seconds * rate:
             continue
         try:
             wav, rate = soundfont_sample(pool, start, end, rate, kind, max_seconds)
