@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-quick clean
 
 setup:
 	@VENV=$(VENV) tools/bootstrap.sh
@@ -14,6 +14,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Development only: the suite without the `slow` tests (fairseq-hydra-train / torchrun / CLI / demo subprocess runs).
+# `make test` (the full suite) is the check that counts.
+test-quick: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs outputs .pytest_cache

@@ -1,6 +1,6 @@
-"""The front end's throughput: Kaldi log-mel fbank clip by clip on CPU (the seeds' way: one torchaudio call per clip
-in the data loader) vs batched on CPU vs batched on GPU, and the data loader's clips/s against what a training step
-consumes.
+"""The front end's throughput: Kaldi log-mel fbank clip by clip on CPU (the official code's way: one torchaudio call
+per clip in the data loader) vs batched on CPU vs batched on GPU, and the data loader's clips/s against what a
+training step consumes.
 
     python benchmarks/frontend.py                                   # CPU; GPU rows too when CUDA is present
     python benchmarks/frontend.py --train-step-json benchmarks/results/train_step_cpu_b8.json --json out.json
@@ -28,8 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from maeast_fairseq.fbank import Fbank  # noqa: E402
-from maeast_fairseq.frontend import FrontendConfig, fbank_config  # noqa: E402
+from maeast_fairseq.frontend import Frontend, FrontendConfig  # noqa: E402
 
 SR = 16000
 
@@ -48,7 +47,7 @@ def _time(fn, repeats: int, sync=None) -> list:
 
 
 def fbank_rows(clips: int, seconds: float, batch: int, repeats: int) -> dict:
-    fb = Fbank(fbank_config(FrontendConfig()))
+    fb = Frontend(FrontendConfig()).fbank
     g = torch.Generator().manual_seed(0)
     wav = 0.1 * torch.randn(clips, int(seconds * SR), generator=g)
     rows = {}
@@ -60,7 +59,7 @@ def fbank_rows(clips: int, seconds: float, batch: int, repeats: int) -> dict:
     rows[f"cpu_batched_{batch}"] = {"clips_per_s": clips / statistics.median(t), "times_s": t}
     if torch.cuda.is_available():
         dev = torch.device("cuda")
-        fbg = Fbank(fbank_config(FrontendConfig())).to(dev)
+        fbg = Frontend(FrontendConfig()).to(dev).fbank
         wg = wav.to(dev)
         big = max(batch, 64)
         for b in sorted({batch, big}):

@@ -136,9 +136,9 @@ def flops_per_clip(core: str, model: dict, frames: int) -> Dict[str, float]:
         trainable = sum(parts.values())
         teacher = 0.0
     elif core == "eat":
-        d, layers, k = int(model["embed_dim"]), int(model["depth"]), int(model["clones"])
-        f = int(round(float(model.get("mlp_ratio", 4.0)) * d))
-        dd, dl = int(model.get("decoder_dim", d)), int(model["decoder_layers"])
+        d, layers, k = int(model["embed_dim"]), int(model["encoder_layers"]), int(model["clones"])
+        f = int(model["ffn_dim"])
+        dd, dl = int(model.get("decoder_embed_dim", d)), int(model["decoder_layers"])
         kern, groups = int(model.get("decoder_kernel", 3)), int(model.get("decoder_groups", 16))
         parts["patch_embed"] = linear_flops(n, p, d)
         parts["encoder"] = k * layers * layer_flops(vis + 1, d, f)
@@ -158,18 +158,11 @@ def flops_per_clip(core: str, model: dict, frames: int) -> Dict[str, float]:
 
 # -- one model, in this process -------------------------------------------------------------------------------------
 def _loss(core: str, out: dict, crit: dict):
+    from maeast_fairseq.core.losses import nce_mse_loss, ufo_loss
+
     if core == "eat":
-        from maeast_fairseq.core.eat import ufo_loss
-
         return ufo_loss(out, 1.0)[0] / out["num_masked"].clamp(min=1)  # the trainer divides by sample_size = M
-    from maeast_fairseq.core.losses import info_nce, masked_mse
-
-    terms = out.get("terms")
-    nce_out = terms["nce"] if terms else out
-    mse_out = terms["mse"] if terms else out
-    nce, _ = info_nce(nce_out["nce"], nce_out["target"], nce_out["target_valid"],
-                      orientation=crit.get("nce_orientation", "targets"))
-    return nce + 10.0 * masked_mse(mse_out["recon"], mse_out["target"], mse_out["target_valid"])
+    return nce_mse_loss(out, 1.0, 10.0, crit.get("nce_orientation", "targets"))[0]
 
 
 def interleaved(names: List[str], batch: int, repeats: int, warmup: int, device: str, tiny: bool) -> dict:
@@ -194,7 +187,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny:
             return_stepper: bool = False) -> dict:
     import torch
 
-    from maeast_fairseq.core.classifier import build_core
+    from maeast_fairseq.checkpoint import build_core
     from maeast_fairseq.core.rng import MaskRNG
 
     base_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -23,6 +23,19 @@ def register() -> None:
     from .tasks import pretraining  # noqa: F401
 
     fairseq_compat.install()
+    quiet_hydra_deprecations()
+
+
+def quiet_hydra_deprecations() -> None:
+    """Silence the hydra deprecation warnings fairseq 0.12's own use of hydra prints (its ``compose`` in the
+    argparse path of fairseq-train / fairseq-validate: experimental API, version_base, package header, schema
+    matching, strict flag). Nothing of ours triggers them; the yamls of examples/ set ``hydra.job.chdir`` and no
+    ``# @package`` header, so they add none."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, message=(
+        r"(?s).*(no longer experimental|version_base parameter is not specified|deprecated keyword in package "
+        r"header|validated against ConfigStore schema|strict flag in the compose API)"))
 
 
 # fairseq's import_user_module imports this package after fairseq itself: register then. A process that never

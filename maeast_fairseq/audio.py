@@ -1,11 +1,11 @@
 """Audio loading and band-limited resampling (torch + soundfile + numpy only).
 
 No fairseq and no torchaudio here: torchaudio's Linux wheels are CUDA-linked and
-newer versions cannot load audio any more (see STACK.md), so files are read with
+newer versions cannot load audio any more, so files are read with
 ``soundfile`` (libsndfile: WAV, FLAC, OGG, MP3 ...) and resampled with the
 windowed-sinc polyphase resampler below.
 
-Conventions (those of the seeds): audio is float in ``[-1, 1]`` as soundfile returns
+Conventions (those of the official code): audio is float in ``[-1, 1]`` as soundfile returns
 it (no int16 scaling), channels are averaged to mono, and the clip is resampled to
 the model rate (16 kHz) when the file has another rate.  The waveform mean is *not*
 removed here; SSAST/EAT's mean removal belongs to the dataset.
@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["AudioError", "ClipAudio", "load_audio", "read_clip", "audio_info", "resample", "num_resampled",
-           "resample_kernel"]
+           "resample_kernel", "wav_truncation"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -113,10 +113,51 @@ def _unreadable(p: str, err: Exception) -> AudioError:
     )
 
 
+#: ``data`` chunk sizes that streaming writers (ffmpeg / sox / arecord to a pipe) put in the header when they
+#: cannot seek back to write the real size: they mean "unknown length", not "truncated".
+_WAV_PLACEHOLDER_SIZES = frozenset({0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000})
+
+
+def wav_truncation(path: str) -> tuple[int, int] | None:
+    """``(declared_frames, held_frames)`` when ``path`` is a RIFF/WAVE file whose ``data`` chunk claims more bytes
+    than the file holds (a truncated file), else ``None`` (not a WAV file, complete, RF64, or a streaming header
+    with a placeholder size).
+
+    Only the chunk headers are read (a few small reads); malformed headers give ``None`` (soundfile reports those).
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            order = "little" if head[:4] == b"RIFF" else "big"
+            pos, block_align = 12, 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, csize = chunk[:4], int.from_bytes(chunk[4:], order)
+                if cid == b"fmt ":
+                    fmt = f.read(min(csize, 16))
+                    if len(fmt) >= 14:
+                        block_align = int.from_bytes(fmt[12:14], order)
+                elif cid == b"data":
+                    if csize in _WAV_PLACEHOLDER_SIZES or block_align <= 0:
+                        return None
+                    held = size - (pos + 8)
+                    if csize > held:
+                        return csize // block_align, held // block_align
+                    return None
+                pos += 8 + csize + (csize & 1)  # chunks are padded to an even size
+    except OSError:
+        return None
+    return None
+
+
 def _check_complete(p: str) -> None:
     """Refuse a truncated WAV file (libsndfile would silently decode only the part that is there)."""
-    from .data.manifest import wav_truncation  # stdlib + soundfile only; lazy: soundfile may be absent
-
     cut = wav_truncation(p)
     if cut is not None:
         raise AudioError(

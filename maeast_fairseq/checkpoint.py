@@ -12,14 +12,19 @@
 
 Weights are matched strictly for the encoder: every encoder tensor of the core model must be in the file with the
 same shape, and the file may hold nothing else except the known pretraining-only parts of the method (decoder,
-teacher, prediction heads: :data:`METHODS`) and, for a fine-tuned model, what lies outside its encoder (the
-classification head). Anything missing, unexpected or of another shape raises :class:`CheckpointError` naming the
-keys: a conversion that silently loads wrong weights is the worst failure there is. ``Pretrained.load_report``
-lists what was ignored. The pretraining-only modules are then removed from the model (they are not needed to
-embed, and an export never contains them).
+teacher, prediction heads: the core class's ``pretraining_only``) and, for a fine-tuned model, what lies outside its
+encoder (the classification head). Anything missing, unexpected or of another shape raises :class:`CheckpointError`
+naming the keys: a conversion that silently loads wrong weights is the worst failure there is.
+``Pretrained.load_report`` lists what was ignored. The pretraining-only modules are then removed from the model
+(they are not needed to embed, and an export never contains them).
 
 The front end (window, mel bins, waveform mean removal, normalisation statistics, training length) comes from the
 checkpoint's task config and is never guessed: a checkpoint without it needs ``frontend=`` explicitly.
+
+The fine-tuning classifier's builders live here too, beside the strict loader: :func:`classifier_from_pretrained`
+(a pretrained or fine-tuned checkpoint -> a classifier with a new head) and :func:`classifier_from_state` (a
+fine-tuned checkpoint -> the very same classifier, for ``maeast-predict``). Config fields a checkpoint holds that
+the model's config does not know are logged as a warning naming them (then ignored), never dropped silently.
 """
 from __future__ import annotations
 
@@ -30,24 +35,23 @@ import logging
 import os
 import pickle
 import typing
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .core.eat import Eat, EatConfig
-from .core.mae_ast import MaeAst, MaeAstConfig
-from .core.ssast import Ssast, SsastConfig
-from .embed import POOLINGS, Pretrained, default_chunk_frames
+from .core.base import POOLINGS
+from .core.classifier import CLASSIFIER_NAME, AudioClassifier, ClassifierConfig, apply_patch_strides, prepare_encoder
+from .core.config_aliases import upgrade_config
+from .core.positions import LearnedPositions
+from .core.registry import CORE_MODELS
+from .errors import CheckpointError
+from .embed import Pretrained, default_chunk_frames
 from .frontend import FrontendConfig, check_frontend
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "CORE_MODELS", "METHODS", "Pretrained", "load_pretrained", "read_checkpoint",
+__all__ = ["CheckpointError", "CORE_MODELS", "Pretrained", "load_pretrained", "read_checkpoint",
            "register_wrapper", "EXPORT_FORMAT", "CONFIG_NAME", "WEIGHTS_NAME"]
-
-# registered model name -> (core class, core config class)
-CORE_MODELS = {"mae_ast": (MaeAst, MaeAstConfig), "ssast": (Ssast, SsastConfig), "eat": (Eat, EatConfig)}
 
 EXPORT_FORMAT = "maeast-fairseq-export"
 CONFIG_NAME = "config.json"
@@ -57,30 +61,6 @@ WEIGHTS_NAME = "model.safetensors"
 REQUIRED_FRONTEND_FIELDS = ("window_type", "norm", "length_policy")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as it is; the message names the file, the keys and the fix."""
-
-
-@dataclass(frozen=True)
-class MethodInfo:
-    """What differs between the methods when embedding: the default clip pooling and the pretraining-only parts
-    (top-level attribute names of the core model: a name covers the attribute and everything under ``name.``)."""
-
-    default_pooling: str
-    pretraining_only: Tuple[str, ...]
-
-
-METHODS: Dict[str, MethodInfo] = {
-    "mae_ast": MethodInfo("mean", ("decoder", "decoder_mask_embed", "post_encoder_proj", "reconstruction_head",
-                                   "classification_head")),
-    "ssast": MethodInfo("mean", ("mask_embed", "cpred", "gpred")),
-    "eat": MethodInfo("cls", ("teacher", "decoder")),
-}
-_DEFAULT_METHOD = MethodInfo("mean", tuple(sorted({p for m in METHODS.values() for p in m.pretraining_only})))
-
-
-def method_info(name: str) -> MethodInfo:
-    return METHODS.get(name, _DEFAULT_METHOD)
 
 
 # -------------------------------------------------------------------------------------------------------- reading
@@ -103,7 +83,22 @@ CONFIG_GLOBALS = ("omegaconf DictConfig, ListConfig, ContainerMetadata, Metadata
                   "float/bool/str")
 
 
-def read_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -> dict:
+def read_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu", *,
+                    official: Optional[dict] = None) -> dict:
+    """A checkpoint of ours as a dict (:func:`read_fairseq_file`). An official released file (SSAST ``.pth``,
+    MAE-AST / EAT fairseq ``.pt``) is recognised from its contents, read by its own safe reader and converted into
+    the same layout (:mod:`maeast_fairseq.official`; ``official``: its converter's options, e.g. ``{"ema": True}``);
+    a file of no known format raises naming what it holds."""
+    from .official import official_as_ours
+
+    try:
+        state = read_fairseq_file(path, map_location)
+    except (CheckpointError, pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        return official_as_ours(path, None, refused=err, **(official or {}))
+    return official_as_ours(path, state, **(official or {}))
+
+
+def read_fairseq_file(path: str, map_location: Union[str, torch.device] = "cpu") -> dict:
     """``torch.load(path, weights_only=True)``; on a config of OmegaConf containers, retry allowing only
     :data:`CONFIG_GLOBALS`. Raises :class:`CheckpointError` naming the classes it refuses."""
     try:
@@ -141,12 +136,42 @@ def _plain(obj):
     return obj
 
 
-def _build(dc_cls, values: dict, what: str, source: str):
+def _build(dc_cls, values: Optional[dict], what: str, source: str, warn_unknown: bool = True):
+    """``dc_cls`` from the known fields of a config dict; the unknown ones (other than fairseq's ``_name``) are
+    ignored with a warning naming them (``warn_unknown=False``: silently, for a task config read for its front-end
+    fields only). Fields and values written under an old name are renamed first, with a warning
+    (:func:`~maeast_fairseq.core.config_aliases.upgrade_config`)."""
+    values = upgrade_config(dc_cls, values or {}, f"{source}: {what}")
     names = {f.name for f in dataclasses.fields(dc_cls)}
     unknown = sorted(k for k in values if k not in names and not k.startswith("_"))
-    if unknown and what.startswith("model"):
+    if unknown and warn_unknown:
         logger.warning("%s: %s fields unknown to %s are ignored: %s", source, what, dc_cls.__name__, unknown)
     return dc_cls(**{k: v for k, v in values.items() if k in names})
+
+
+def build_core(name: str, model_cfg: Optional[dict], source: str = "checkpoint") -> torch.nn.Module:
+    """The core model registered as ``name`` (:data:`CORE_MODELS`), built from a config dict (a checkpoint's
+    ``cfg.model`` or a classifier's ``encoder_cfg``; unknown fields are warned about and ignored)."""
+    if name not in CORE_MODELS:
+        raise CheckpointError(f"{source}: model {name!r} is not one of ours ({sorted(CORE_MODELS)})")
+    core_cls, core_cfg_cls = CORE_MODELS[name]
+    return core_cls(_build(core_cfg_cls, model_cfg, f"model ({name})", source))
+
+
+def model_from_converted(conv, *, encoder_only: bool = False) -> torch.nn.Module:
+    """An official file's :class:`~maeast_fairseq.official.Converted` -> our model with its weights loaded strictly:
+    the core model (all its pretraining parts included) or, for a fine-tuned file, the classifier
+    (``encoder_only=True``: its encoder)."""
+    from .official import checkpoint_dict
+
+    if conv.model_name in CORE_MODELS:
+        model = build_core(conv.model_name, conv.model_cfg, conv.source)
+        model.load_state_dict(conv.state, strict=True)
+        return model
+    if conv.model_name != "maeast_classifier":
+        raise CheckpointError(f"{conv.source}: converted to unknown model {conv.model_name!r}")
+    model, _ = classifier_from_state(checkpoint_dict(conv), conv.source)
+    return model.encoder if encoder_only else model
 
 
 # -------------------------------------------------------------------------------------------- fine-tuned wrappers
@@ -179,7 +204,7 @@ def _classifier_wrapper(model_cfg: dict, task_cfg: dict):
                 "grid_frames": int(model_cfg.get("target_frames") or task_cfg.get("target_frames") or 1024)}
 
     def prepare(core):
-        strip_pretraining_modules(core, name)
+        core.remove_pretraining_modules()
         apply_geometry(core, geometry)
 
     return name, enc, "encoder.", prepare
@@ -195,8 +220,6 @@ def encoder_geometry(model: torch.nn.Module) -> Optional[dict]:
     tok = getattr(model, "tokenizer", None) or getattr(getattr(model, "encoder", None), "tokenizer", None)
     if tok is None or (tok.stride_time, tok.stride_freq) == (tok.patch_time, tok.patch_freq):
         return None
-    from .core.positions import LearnedPositions
-
     grids = [m.grid for m in model.modules() if isinstance(m, LearnedPositions)]
     grid_frames = (grids[0][0] - 1) * tok.stride_time + tok.patch_time if grids else 1024
     return {"stride_time": tok.stride_time, "stride_freq": tok.stride_freq, "grid_frames": grid_frames}
@@ -206,11 +229,6 @@ def apply_geometry(core: torch.nn.Module, geometry: Optional[dict]) -> None:
     """Re-apply fine-tuning patch strides (and the matching position grid) to a freshly built core."""
     if not geometry or not (geometry.get("stride_time") or geometry.get("stride_freq")):
         return
-    try:
-        from .core.classifier import apply_patch_strides
-    except ImportError as err:  # pragma: no cover
-        raise CheckpointError(f"this model was fine-tuned with other patch strides ({geometry}); rebuilding it "
-                              f"needs maeast_fairseq.core.classifier ({err})") from err
     apply_patch_strides(core, geometry.get("stride_time", 0), geometry.get("stride_freq", 0),
                         geometry.get("grid_frames", 1024))
 
@@ -257,26 +275,22 @@ def _find_prefix(encoder_keys: List[str], state_keys: List[str], source: str) ->
 
 
 # --------------------------------------------------------------------------------------------- weights, strictly
-def _is_pre(key: str, names: Tuple[str, ...]) -> bool:
-    return any(key == n or key.startswith(n + ".") for n in names)
-
-
 def load_encoder_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], name: str, source: str,
                        prefix: str = "") -> dict:
     """Load ``state`` into ``model``: strict for the encoder, tolerant only of the method's pretraining-only parts.
 
     Returns a report ``{"encoder_tensors": n, "prefix": prefix, "pretraining_only_in_file": [...],
-    "pretraining_only_not_in_file": [...], "outside_encoder_ignored": [...]}`` (the pretraining-only parts are
-    removed afterwards by :func:`strip_pretraining_modules`); raises :class:`CheckpointError` on any missing,
-    unexpected or mis-shaped encoder tensor.
+    "pretraining_only_not_in_file": [...], "outside_encoder_ignored": [...]}`` (the pretraining-only parts, the core
+    class's ``pretraining_only``, are removed afterwards by ``model.remove_pretraining_modules()``); raises
+    :class:`CheckpointError` on any missing, unexpected or mis-shaped encoder tensor.
     """
-    pre = method_info(name).pretraining_only
+    is_pre = model.is_pretraining_only
     own = model.state_dict()
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     outside = sorted(k for k in state if not k.startswith(prefix))
-    encoder_keys = [k for k in own if not _is_pre(k, pre)]
+    encoder_keys = [k for k in own if not is_pre(k)]
     missing = [k for k in encoder_keys if k not in sub]
-    unexpected = [k for k in sub if k not in own and not _is_pre(k, pre)]
+    unexpected = [k for k in sub if k not in own and not is_pre(k)]
     mismatched = [f"{k}: file {tuple(sub[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in encoder_keys if k in sub and tuple(sub[k].shape) != tuple(own[k].shape)]
     problems = []
@@ -295,11 +309,11 @@ def load_encoder_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], n
         )
     load = {k: v for k, v in sub.items() if k in own}
     result = model.load_state_dict(load, strict=False)
-    assert not result.unexpected_keys and all(_is_pre(k, pre) for k in result.missing_keys), result
+    assert not result.unexpected_keys and all(is_pre(k) for k in result.missing_keys), result
     report = {
         "encoder_tensors": len(encoder_keys),
         "prefix": prefix,
-        "pretraining_only_in_file": sorted(k for k in sub if _is_pre(k, pre)),
+        "pretraining_only_in_file": sorted(k for k in sub if is_pre(k)),
         "pretraining_only_not_in_file": sorted(result.missing_keys),
         "outside_encoder_ignored": outside,
     }
@@ -313,20 +327,18 @@ def _short(keys: List[str], n: int = 8) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def strip_pretraining_modules(model: torch.nn.Module, name: str) -> None:
-    """Remove the pretraining-only parts (decoder, teacher, heads): ``model.state_dict()`` is the encoder only."""
-    if hasattr(model, "remove_pretraining_modules"):
-        model.remove_pretraining_modules()
-    pre = method_info(name).pretraining_only
-    for attr in list(model._modules):
-        if _is_pre(attr, pre) and model._modules[attr] is not None:
-            setattr(model, attr, None)
-    for attr in list(model._parameters):
-        if _is_pre(attr, pre) and model._parameters[attr] is not None:
-            setattr(model, attr, None)
-    for attr in list(model._buffers):
-        if _is_pre(attr, pre) and model._buffers[attr] is not None:
-            model._buffers[attr] = None
+def load_state_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """Load a whole model's ``state`` into ``module``: every key of each, same shapes (torch names a shape
+    mismatch). Raises ``RuntimeError`` listing the missing / unexpected keys."""
+    result = module.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"{what}: the weights do not match the model built from its config: "
+            + (f"missing {_short(missing)}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected {_short(unexpected)}" if unexpected else "")
+            + ". Was it written by another version of the model?")
 
 
 # ----------------------------------------------------------------------------------------------------- the loader
@@ -341,7 +353,7 @@ def _frontend_from(task_cfg: dict, source: str, fallback: Optional[dict] = None)
             f"{source}: the checkpoint does not say which front end it was trained with (task fields {absent} "
             "are absent); a guessed front end silently costs accuracy. Fix: pass "
             "load_pretrained(..., frontend=FrontendConfig(...)) with the training settings.")
-    fe = _build(FrontendConfig, values, "task", source)
+    fe = _build(FrontendConfig, values, "task", source, warn_unknown=False)
     check_frontend(fe)
     return fe
 
@@ -350,8 +362,8 @@ def _finish(model, frontend, name, *, source, report, default_pooling=None, chun
             keep_pretraining_modules=False, map_location=None) -> Pretrained:
     check_frontend(frontend)
     if not keep_pretraining_modules:
-        strip_pretraining_modules(model, name)
-    pooling = default_pooling or method_info(name).default_pooling
+        model.remove_pretraining_modules()
+    pooling = default_pooling or model.default_pooling
     pre = Pretrained(model.eval(), frontend, name, default_pooling=pooling, chunk_frames=chunk_frames,
                      load_report=report, source=source)
     if isinstance(map_location, (str, torch.device)):
@@ -361,9 +373,11 @@ def _finish(model, frontend, name, *, source, report, default_pooling=None, chun
 
 def load_pretrained(path: str, map_location: Union[str, torch.device] = "cpu", *,
                     frontend: Optional[FrontendConfig] = None, default_pooling: Optional[str] = None,
-                    chunk_frames: Optional[int] = None, keep_pretraining_modules: bool = False) -> Pretrained:
-    """A checkpoint of ours (fairseq ``.pt`` or exported folder) -> :class:`Pretrained`, in ``eval()`` mode, on
-    ``map_location``'s device.
+                    chunk_frames: Optional[int] = None, keep_pretraining_modules: bool = False,
+                    official: Optional[dict] = None) -> Pretrained:
+    """A checkpoint of ours (fairseq ``.pt`` or exported folder) or an official released file (SSAST, MAE-AST,
+    EAT; converted on the fly, ``official`` = its converter's options, see :mod:`maeast_fairseq.official`) ->
+    :class:`Pretrained`, in ``eval()`` mode, on ``map_location``'s device.
 
     ``frontend`` overrides the checkpoint's front end (only for checkpoints that lack one); ``default_pooling``
     ('mean' / 'cls') the method's default clip pooling; ``chunk_frames`` the longest window encoded at once
@@ -377,7 +391,7 @@ def load_pretrained(path: str, map_location: Union[str, torch.device] = "cpu", *
                             chunk_frames=chunk_frames)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file or exported folder at {path!r}")
-    state = read_checkpoint(path, map_location)
+    state = read_checkpoint(path, map_location, official=official)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     cfg = _plain(state.get("cfg") or {})
@@ -407,17 +421,16 @@ def load_pretrained(path: str, map_location: Union[str, torch.device] = "cpu", *
         logger.warning("%s: unregistered model %r; loading the %s encoder found in its config (register the "
                        "wrapper with register_wrapper if it changes the encoder, e.g. its patch strides)", path,
                        wrapper, name)
-    if name not in CORE_MODELS:
-        raise CheckpointError(f"{path}: model {name!r} is not one of ours ({sorted(CORE_MODELS)})")
-    core_cls, core_cfg_cls = CORE_MODELS[name]
-    model = core_cls(_build(core_cfg_cls, model_cfg, f"model ({name})", path))
+    model = build_core(name, model_cfg, path)
     if prepare is not None:
         prepare(model)
     weights = state["model"]
     if prefix is None:
-        encoder_keys = [k for k in model.state_dict() if not _is_pre(k, method_info(name).pretraining_only)]
+        encoder_keys = [k for k in model.state_dict() if not model.is_pretraining_only(k)]
         prefix = _find_prefix(encoder_keys, list(weights), path)
     report = load_encoder_state(model, weights, name, path, prefix)
+    if state.get("converted_from"):  # an official file: what was found, dropped and assumed
+        report["official"] = state["converted_from"]
     fe = frontend or _frontend_from(task_cfg, path, fallback_task)
     return _finish(model, fe, name, source=path, report=report, default_pooling=default_pooling or wrapper_pooling,
                    chunk_frames=chunk_frames, keep_pretraining_modules=keep_pretraining_modules,
@@ -434,7 +447,7 @@ def _load_export(folder: str, map_location, *, frontend=None, default_pooling=No
     if cfg.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{cfg_path}: not a {EXPORT_FORMAT} config (format={cfg.get('format')!r})")
     name = cfg["model_name"]
-    if name not in CORE_MODELS:
+    if name not in CORE_MODELS:  # before reading the weights
         raise CheckpointError(f"{cfg_path}: model {name!r} is not one of ours ({sorted(CORE_MODELS)})")
     try:
         from safetensors.torch import load_file
@@ -442,10 +455,9 @@ def _load_export(folder: str, map_location, *, frontend=None, default_pooling=No
         raise ImportError(f"reading {weights_path} needs safetensors: `pip install safetensors` ({err})") from err
     device = str(map_location) if not isinstance(map_location, torch.device) else map_location.type
     weights = load_file(weights_path, device=device)
-    core_cls, core_cfg_cls = CORE_MODELS[name]
-    model = core_cls(_build(core_cfg_cls, cfg["model"], f"model ({name})", cfg_path))
+    model = build_core(name, cfg["model"], cfg_path)
     if cfg.get("geometry"):
-        strip_pretraining_modules(model, name)
+        model.remove_pretraining_modules()
         apply_geometry(model, cfg["geometry"])
     report = load_encoder_state(model, weights, name, weights_path)
     fe = frontend or _frontend_from(cfg["frontend"], cfg_path)
@@ -473,5 +485,63 @@ def export_config(pretrained: Pretrained) -> dict:
     }
 
 
-__all__ += ["export_config", "load_encoder_state", "strip_pretraining_modules", "method_info",
-            "default_chunk_frames", "encoder_geometry", "apply_geometry", "WRAPPERS"]
+# --------------------------------------------------------------------------------- fine-tuning classifier builders
+def pretrained_encoder_info(state: Dict[str, Any], path: str = "checkpoint") -> Tuple[str, Dict[str, Any]]:
+    """(encoder name, encoder config) of a pretrained or classifier checkpoint dict (``torch.load`` output)."""
+    model_cfg = dict((state.get("cfg") or {}).get("model") or {})
+    name = model_cfg.get("_name")
+    if name == CLASSIFIER_NAME:
+        return model_cfg.get("encoder_name"), dict(model_cfg.get("encoder_cfg") or {})
+    if not name:
+        raise ValueError(f"{path}: no cfg.model._name; is it a fairseq checkpoint of this project?")
+    return name, model_cfg
+
+
+def classifier_from_pretrained(cfg: ClassifierConfig, state: Dict[str, Any], path: str = "checkpoint",
+                               model_cls=AudioClassifier):
+    """Build a classifier whose encoder holds the weights of a pretrained checkpoint (``torch.load`` dict); fills
+    ``cfg.encoder_name`` / ``cfg.encoder_cfg``. A classifier checkpoint gives its encoder (the head is new)."""
+    model_cfg = dict((state.get("cfg") or {}).get("model") or {})
+    name, encoder_cfg = pretrained_encoder_info(state, path)
+    if name in CORE_MODELS:  # saved with the current field names (an old checkpoint's are renamed, with a warning)
+        encoder_cfg = upgrade_config(CORE_MODELS[name][1], encoder_cfg, f"{path}: model ({name})")
+    cfg.encoder_name, cfg.encoder_cfg = name, encoder_cfg
+    core = build_core(name, encoder_cfg, path)
+    weights = state["model"]
+    if model_cfg.get("_name") == CLASSIFIER_NAME:
+        # its encoder as it was fine-tuned (strides, position grid); this fine-tuning's strides apply on top
+        # (0 keeps that checkpoint's)
+        old = (model_cfg.get("patch_stride_time", 0), model_cfg.get("patch_stride_freq", 0))
+        core.remove_pretraining_modules()
+        apply_patch_strides(core, *old, model_cfg.get("target_frames", cfg.target_frames))
+        weights = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
+        load_state_strict(core, weights, f"{path} (encoder of a {CLASSIFIER_NAME})")
+    else:
+        load_state_strict(core, weights, path)
+    removed = core.remove_pretraining_modules()
+    prepare_encoder(core, cfg)
+    n = sum(p.numel() for p in core.parameters())
+    logger.info(f"loaded the {name} encoder from {path} ({n:,} parameters kept"
+                + (f"; dropped {', '.join(removed)}" if removed else "") + ")")
+    return model_cls(cfg, core)
+
+
+def classifier_from_state(state: Dict[str, Any], path: str = "checkpoint") -> Tuple[AudioClassifier, Dict[str, Any]]:
+    """Rebuild a fine-tuned classifier from its checkpoint dict (no fairseq, no pretrained checkpoint, no data).
+    Returns ``(model in eval mode, the checkpoint's cfg dict)``."""
+    full = state.get("cfg") or {}
+    model_cfg = dict(full.get("model") or {})
+    if model_cfg.get("_name") != CLASSIFIER_NAME:
+        raise ValueError(f"{path} is not a {CLASSIFIER_NAME} checkpoint (model {model_cfg.get('_name')!r}); "
+                         "fine-tune it first")
+    cfg = _build(ClassifierConfig, model_cfg, f"model ({CLASSIFIER_NAME})", path)
+    if "head_norm_eps" not in model_cfg:  # saved before the head's eps was per method: every head had 1e-6
+        cfg.head_norm_eps = 1e-6
+    model = AudioClassifier(cfg, prepare_encoder(build_core(cfg.encoder_name, cfg.encoder_cfg, path), cfg))
+    load_state_strict(model, state["model"], path)
+    return model.eval(), full
+
+
+__all__ += ["export_config", "load_encoder_state", "load_state_strict", "default_chunk_frames", "encoder_geometry",
+            "apply_geometry", "WRAPPERS", "build_core", "pretrained_encoder_info", "classifier_from_pretrained",
+            "classifier_from_state"]

@@ -12,7 +12,8 @@ from a fairseq checkpoint or an exported folder; :meth:`Pretrained.embed` does t
 
 What happens, step by step:
 
-1. **resampling** to the model's rate (``sample_rate`` names the input rate);
+1. **resampling** to the model's rate (``sample_rate`` names the input rate; without it the waveforms are taken to
+   be at the model's rate, with a :class:`SampleRateWarning`);
 2. **front end** of the checkpoint: waveform mean removal (SSAST/EAT), Kaldi log-mel with the training window and
    mel bins, normalisation with the checkpoint's statistics. A fixed-length model (``length_policy=fixed``) is
    *not* padded to its training length: shorter clips get padding masks instead, so a clip's embedding does not
@@ -21,7 +22,9 @@ What happens, step by step:
    models without ``max_frames``) is cut into consecutive windows of at most that length, each encoded on its own;
    the windows are placed so that the concatenated time steps stay regularly spaced (a hop of a whole number of
    time steps), and the time sequences are concatenated. A clip shorter than one patch is padded with log-mel
-   zeros (the value the ``fixed`` policy pads with) up to one patch, and counts as one time step;
+   zeros (the value the ``fixed`` policy pads with) up to one patch that the model sees as data (under a padding
+   mask its only, partial patch would be all padding), counts as one time step, is marked in
+   ``out["padded_to_one_patch"]`` and named in a :class:`ShortClipWarning`;
 4. **time sequence**: the patch tokens of one time step (all frequency patches) are concatenated in frequency order,
    ``(T_p, F_p * D)``, as s3prl's MAE-AST upstream does; frame models (one frequency patch) give ``(T_p, D)``.
    The rate is ``sample_rate / (frame_shift * stride_time)`` Hz, e.g. 100 / 16 = 6.25 Hz for 16x16 patches,
@@ -36,6 +39,7 @@ rounding of a differently padded attention).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -43,10 +47,16 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .audio import resample
-from .fbank import Fbank
-from .frontend import FrontendConfig, fbank_config, normalise
+from .core.base import POOLINGS
+from .frontend import Frontend, FrontendConfig
 
-POOLINGS = ("mean", "cls")
+class SampleRateWarning(UserWarning):
+    """Waveforms given without ``sample_rate=``: taken to be at the model's rate."""
+
+
+class ShortClipWarning(UserWarning):
+    """A clip shorter than one patch: padded to one patch (log-mel zeros seen as data)."""
+
 
 WaveformsLike = Union[torch.Tensor, np.ndarray, Sequence[Union[torch.Tensor, np.ndarray, Sequence[float]]]]
 
@@ -90,7 +100,7 @@ class Pretrained(torch.nn.Module):
             raise ValueError(f"default_pooling must be one of {POOLINGS}, got {default_pooling!r}")
         self.model, self.frontend, self.name = model, frontend, name
         self.default_pooling = default_pooling
-        self.fbank = Fbank(fbank_config(frontend))
+        self.frontend_module = Frontend(frontend)  # the fbank, normalisation and padding of ``frontend``
         self.chunk_frames = int(chunk_frames or default_chunk_frames(frontend))
         self.load_report = load_report or {}
         self.source = source
@@ -118,7 +128,7 @@ class Pretrained(torch.nn.Module):
     @property
     def frame_shift(self) -> int:
         """Fbank hop in samples (160 at 16 kHz)."""
-        return self.fbank.cfg.window_shift
+        return self.frontend_module.fbank.cfg.window_shift
 
     @property
     def downsample_rate(self) -> int:
@@ -132,7 +142,7 @@ class Pretrained(torch.nn.Module):
 
     def timestamps(self, n_steps: int) -> torch.Tensor:
         """(n_steps,) centre of every time step in seconds: the centre of the fbank frames its patches cover."""
-        tok, cfg = self.tokenizer, self.fbank.cfg
+        tok, cfg = self.tokenizer, self.frontend_module.fbank.cfg
         j = torch.arange(n_steps, dtype=torch.float64)
         centre = j * tok.stride_time * cfg.window_shift + ((tok.patch_time - 1) * cfg.window_shift
                                                            + cfg.window_size) / 2.0
@@ -182,6 +192,11 @@ class Pretrained(torch.nn.Module):
         if not wavs:
             raise ValueError("embed: got an empty batch")
         device = self._device()
+        if sample_rate is None:
+            warnings.warn(f"{self.name}: no sample_rate given: the waveforms are taken to be at the model's rate "
+                          f"({self.sample_rate} Hz) and are not resampled; pass sample_rate= (e.g. the rate "
+                          "load_audio / soundfile returned): audio at another rate embedded this way gives different "
+                          "embeddings", SampleRateWarning, stacklevel=3)
         sr = self.sample_rate if sample_rate is None else int(sample_rate)
         return [resample(w.to(device), sr, self.sample_rate) if sr != self.sample_rate else w.to(device)
                 for w in wavs]
@@ -190,23 +205,13 @@ class Pretrained(torch.nn.Module):
         """Model-rate 1-D waveforms -> list of *un-normalised* log-mels (T_i, F), one clip at a time (no padding
         is computed; the waveform mean is removed first for SSAST/EAT front ends)."""
         device = self._device()
-        out = []
-        for w in wavs:
-            w = w.to(device, torch.float32)
-            if self.frontend.subtract_waveform_mean and w.numel():
-                w = w - w.mean()
-            out.append(self.fbank(w[None])[0][0])
-        return out
+        return [self.frontend_module.log_mel(w.to(device, torch.float32)) for w in wavs]
 
     def features(self, waveforms: WaveformsLike, sample_rate: Optional[int] = None
                  ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Waveforms -> normalised log-mel (B, T, F) (the core model's input, zero-padded) + frame padding (B, T),
         True = padding."""
-        mels = self.log_mel(self.prepare(waveforms, sample_rate))
-        lengths = torch.tensor([m.shape[0] for m in mels], device=self._device())
-        feats = pad_sequence(mels, batch_first=True)
-        padding = torch.arange(feats.shape[1], device=feats.device)[None] >= lengths[:, None]
-        return normalise(feats, self.frontend), padding
+        return self.frontend_module.pad_and_normalise(self.log_mel(self.prepare(waveforms, sample_rate)))
 
     # -- encoder over chunks ----------------------------------------------------------------------------------------
     def chunk_plan(self, num_frames: int, chunk_frames: Optional[int] = None) -> List[Tuple[int, int, int]]:
@@ -246,11 +251,18 @@ class Pretrained(torch.nn.Module):
         mels = self.log_mel(self.prepare(waveforms, sample_rate))
         device, dtype = mels[0].device, next(self.model.parameters()).dtype
         b = len(mels)
+        short = [(i, f.shape[0]) for i, f in enumerate(mels) if f.shape[0] < p]
+        if short:
+            warnings.warn(f"{len(short)} clip(s) shorter than one patch ({p} frames): "
+                          + ", ".join(f"clip {i} ({n} frames)" for i, n in short)
+                          + f"; padded to one patch with log-mel zeros that the model sees as data (the tokens of a "
+                          "partial patch would all be padding); their embeddings rest on less than one patch of audio "
+                          "(out['padded_to_one_patch'] marks them)", ShortClipWarning, stacklevel=3)
         clips = []
         for f in mels:
             if f.shape[0] < p:  # shorter than one patch: pad with log-mel zeros (the fixed policy's value)
                 f = torch.nn.functional.pad(f, (0, 0, 0, p - f.shape[0]))
-            clips.append(normalise(f, self.frontend))
+            clips.append(self.frontend_module.normalise(f))
         steps = [tok.n_time(c.shape[0]) for c in clips]
         t_max = max(steps)
         chunks = [(i, start, length, first) for i, c in enumerate(clips)
@@ -299,6 +311,7 @@ class Pretrained(torch.nn.Module):
             "padding_mask": frame_padding.repeat_interleave(nf, dim=1),
             "layer": sel_index,
             "pooling": pooling,
+            "padded_to_one_patch": torch.tensor([m.shape[0] < p for m in mels], device=device),
         }
         mean = (sel * valid[:, :, None, None]).sum((1, 2)) / (step_lengths.to(sel.dtype) * nf)[:, None]
         result["mean"] = mean
@@ -315,8 +328,9 @@ class Pretrained(torch.nn.Module):
               chunk_batch_size: int = 8) -> Dict[str, object]:
         """Embeddings of a batch of mono waveforms of any lengths.
 
-        ``waveforms``: list of 1-D tensors / arrays (or a 2-D ``(B, N)`` one) at ``sample_rate`` Hz (default: the
-        model's rate, 16 kHz; others are resampled). ``layer``: which hidden state feeds ``clip`` / ``frames`` /
+        ``waveforms``: list of 1-D tensors / arrays (or a 2-D ``(B, N)`` one) at ``sample_rate`` Hz (others than
+        the model's are resampled; not given: the model's rate, 16 kHz, with a :class:`SampleRateWarning`: pass it
+        for arrays). ``layer``: which hidden state feeds ``clip`` / ``frames`` /
         ``x`` (0 = encoder input ... L = last, negative from the end; default: the last). ``pooling``: ``'mean'``
         (over valid tokens) or ``'cls'`` (default: the method's, see :attr:`default_pooling`).
 
@@ -328,7 +342,8 @@ class Pretrained(torch.nn.Module):
         * ``hidden_states``: all L + 1 layers as time sequences (B, T, n_freq * D) (``hidden_states=False`` skips);
         * ``x`` (B, T * n_freq, D): the chosen layer's patch tokens in time-major order (``t * n_freq + f``) and
           ``padding_mask`` (B, T * n_freq);
-        * ``layer`` (int, the index used) and ``pooling`` (str).
+        * ``layer`` (int, the index used) and ``pooling`` (str);
+        * ``padded_to_one_patch`` (B,) bool: the clips shorter than one patch, padded to one (see the module doc).
         """
         was_training = self.training
         self.eval()

@@ -40,19 +40,25 @@ def export_safetensors(pretrained: Pretrained, out_dir: str) -> Dict[str, str]:
     from safetensors.torch import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    from .checkpoint import _is_pre, method_info
-
-    pre = method_info(pretrained.name).pretraining_only
-    state = {k: v.detach().cpu().contiguous() for k, v in pretrained.model.state_dict().items()
-             if not _is_pre(k, pre)}
+    model = pretrained.model
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not model.is_pretraining_only(k)}
     cfg = export_config(pretrained)
     weights = os.path.join(out_dir, WEIGHTS_NAME)
     save_file(state, weights, metadata={"format": cfg["format"], "model_name": pretrained.name})
+    os.chmod(weights, 0o666 & ~_umask())  # safetensors creates the file 0600; give it the usual permissions
     config = os.path.join(out_dir, CONFIG_NAME)
     with open(config, "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
         f.write("\n")
     return {"weights": weights, "config": config}
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class OnnxEncoder(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Two targeted fixes to fairseq 0.12's checkpointing, installed by :func:`maeast_fairseq.register` (so in every
+"""Targeted fixes to fairseq 0.12's checkpointing and config merging, installed by :func:`maeast_fairseq.register` (so in every
 process that loads the plugin as a user dir, every rank included). Nothing else in fairseq is changed.
 
 1. **Multi-process resume under ``weights_only`` loading.** On resume, rank 0 reads the checkpoint (with torch's
@@ -21,6 +21,13 @@ process that loads the plugin as a user dir, every rank included). Nothing else 
    local paths now copies to ``<dst>.tmp`` and ``os.replace``-s it onto ``<dst>``: ``<dst>`` is always either the
    previous complete file or the new complete file. (Atomic against the process dying; like fairseq's own save it
    does not ``fsync``, so a power cut can still lose the last write.)
+
+3. **Renamed config fields still load.** fairseq merges a model / task / criterion config (from a yaml in
+   ``add_defaults``, from a checkpoint in ``build_model``) into its dataclass with ``merge_with_parent``, which refuses
+   unknown keys (yamls) or silently drops them (checkpoints: an old EAT checkpoint's ``depth`` would become the
+   default depth). ``merge_with_parent`` now first renames the old fields of our configs in place, with a warning
+   naming the old and the new key (:mod:`maeast_fairseq.core.config_aliases`); configs of other dataclasses pass
+   through untouched.
 """
 from __future__ import annotations
 
@@ -95,7 +102,54 @@ def _install_atomic_copy() -> None:
     PathManager.copy = staticmethod(copy)
 
 
+def upgrade_config_node(cls: type, cfg, source: str = "config") -> None:
+    """:func:`~maeast_fairseq.core.config_aliases.upgrade_config` in place on an OmegaConf ``DictConfig``: old keys
+    are removed and the new ones written, so what fairseq saves afterwards (checkpoints hold the root config) has
+    the new names. The other keys, interpolations included, are left untouched (unresolved)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from .core.config_aliases import upgrade_config
+
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    upgraded = upgrade_config(cls, plain, source)
+    changed = {k: v for k, v in upgraded.items() if k not in plain or plain[k] is not v}
+    removed = [k for k in plain if k not in upgraded]
+    if changed or removed:
+        with open_dict(cfg):  # struct mode refuses new keys unless opened
+            for k in removed:
+                del cfg[k]
+            for k, v in changed.items():
+                cfg[k] = v
+
+
+def _install_config_renames() -> None:
+    import fairseq.dataclass.utils as dataclass_utils
+    import fairseq.models
+    import fairseq.registry
+    import fairseq.tasks
+    from omegaconf import OmegaConf
+
+    from .core.config_aliases import has_aliases
+
+    orig = dataclass_utils.merge_with_parent
+    if getattr(orig, _MARK, False):
+        return
+
+    @functools.wraps(orig)
+    def merge_with_parent(dc, cfg, remove_missing=False):
+        cls = dc if isinstance(dc, type) else type(dc)
+        if has_aliases(cls) and OmegaConf.is_dict(cfg):
+            upgrade_config_node(cls, cfg, f"config of {cfg.get('_name') or cls.__name__}")
+        return orig(dc, cfg, remove_missing)
+
+    setattr(merge_with_parent, _MARK, True)
+    for module in (dataclass_utils, fairseq.models, fairseq.registry, fairseq.tasks):  # each imported the name
+        if getattr(module, "merge_with_parent", None) is orig:
+            module.merge_with_parent = merge_with_parent
+
+
 def install() -> None:
-    """Install both fixes (idempotent)."""
+    """Install the three fixes (idempotent)."""
     _install_broadcast_safe_globals()
     _install_atomic_copy()
+    _install_config_renames()

@@ -1,6 +1,6 @@
 """Kaldi-compatible log-mel filterbank features, batched, in plain torch.
 
-All three seed systems (SSAST, MAE-AST, EAT) compute their input features with
+The official code of all three methods (SSAST, MAE-AST, EAT) computes the input features with
 ``torchaudio.compliance.kaldi.fbank`` on float audio in ``[-1, 1]``.  torchaudio is
 not a dependency of this project (every Linux wheel on PyPI is CUDA-linked and
 recent versions pin an exact torch), so this module re-implements the same
@@ -10,13 +10,13 @@ Kaldi compatibility choices (they follow Kaldi's ``compute-fbank-feats`` and
 ``torchaudio.compliance.kaldi.fbank`` step by step):
 
 * **Scale.** Waveforms are used exactly as given.  Kaldi itself reads int16
-  audio (values up to 32768); the seeds pass float audio in ``[-1, 1]`` to
+  audio (values up to 32768); the official codes pass float audio in ``[-1, 1]`` to
   torchaudio, and so do we: *no* scaling by 32768.  Features are therefore
-  ``2 * ln(32768) ~= 20.8`` lower than Kaldi's on the same file; the seeds'
+  ``2 * ln(32768) ~= 20.8`` lower than Kaldi's on the same file; the official
   normalisation statistics (e.g. AudioSet mean -4.27, std 4.57) assume this.
 * **Framing.** ``window_size = int(sample_rate * frame_length_ms / 1000)`` and
   ``window_shift = int(sample_rate * frame_shift_ms / 1000)`` samples (400 / 160
-  at 16 kHz).  With ``snip_edges=True`` (the default and what every seed uses)
+  at 16 kHz).  With ``snip_edges=True`` (the default and what every official code uses)
   only frames that fit completely are kept: ``1 + (n - window) // shift`` frames,
   0 if ``n < window`` (998 frames for 10 s at 16 kHz).  With
   ``snip_edges=False`` the signal is reflected at both ends as in Kaldi
@@ -37,9 +37,9 @@ Kaldi compatibility choices (they follow Kaldi's ``compute-fbank-feats`` and
   the FFT bin centre frequencies ``k * sample_rate / n_fft`` for
   ``k < n_fft / 2``; the Nyquist bin gets weight 0 (the extra zero column
   torchaudio appends).  They are built in float32, as torchaudio does.  At the
-  seeds' 128 bins / 16 kHz / 512-point FFT, mel bin 3 covers no FFT bin centre
+  official 128 bins / 16 kHz / 512-point FFT, mel bin 3 covers no FFT bin centre
   and is therefore always ``ln(eps) = -15.94`` (Kaldi's C++ refuses this set-up
-  with "num_mel_bins too large"; torchaudio, and so the seeds, accept it).  We
+  with "num_mel_bins too large"; torchaudio, and so the official codes, accept it).  We
   keep that behaviour for parity.
 * **Log** with a floor at ``torch.finfo(torch.float32).eps`` (Kaldi and
   torchaudio both use float32 epsilon, even for double input).
@@ -109,7 +109,7 @@ class FbankConfig:
     )
     blackman_coeff: float = field(default=0.42, metadata={"help": "coefficient of the blackman window"})
     dither: float = field(
-        default=0.0, metadata={"help": "std of Gaussian dither added per frame (0 = none, as the seeds)"}
+        default=0.0, metadata={"help": "std of Gaussian dither added per frame (0 = none, as the official code)"}
     )
     remove_dc_offset: bool = field(
         default=True, metadata={"help": "subtract each frame's mean before pre-emphasis"}

@@ -1,6 +1,6 @@
 """The audio front end of every method, named explicitly: waveform -> Kaldi log-mel -> length policy -> normalisation.
 
-Nothing here is implicit, because silent front-end mismatches are what cost users accuracy (USERS.md item 4):
+Nothing here is implicit, because silent front-end mismatches are what cost users accuracy:
 
 ===================  =======================================  ==============================================
 setting              SSAST / EAT                              MAE-AST
@@ -16,15 +16,18 @@ normalisation        ``dataset``: ``(x - mean) / (2 * std)``  ``none`` here: the
 
 The settings are fields of the task config, so they are saved in every checkpoint (``cfg.task``).
 Collation is vectorised (``pad_sequence`` + one ``gather``), with no per-clip Python loop.
+
+:class:`Frontend` is the one object that applies a config: the fbank, the mean removal, normalisation, the length
+policy and collation (the dataset, the embedding API, evaluation, prediction, statistics and the benchmark use it).
 """
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .fbank import FbankConfig
+from .fbank import Fbank, FbankConfig
 
 LENGTH_POLICIES = ("fixed", "crop_to_shortest")
 NORMS = ("dataset", "none")
@@ -99,8 +102,8 @@ def collate_features(
     """Stack per-clip log-mels (each (T_i, F), *not yet normalised*) under the length policy, then normalise.
 
     ``crop_u`` (B,) in [0, 1) picks the random crop start of each clip (``crop_to_shortest``) or, under ``fixed``,
-    nothing (truncation keeps the start, as the seeds do). Returns ``(x (B, T, F), frame_padding (B, T) or None,
-    lengths (B,))`` where ``lengths`` counts the real frames kept per clip.
+    nothing (truncation keeps the start, as the official code does). Returns ``(x (B, T, F), frame_padding (B, T) or
+    None, lengths (B,))`` where ``lengths`` counts the real frames kept per clip.
     """
     lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
     padded = pad_sequence(feats, batch_first=True)  # zero padding in log-mel space
@@ -138,3 +141,71 @@ def collate_padded(
     if cfg.padding_mask:
         frame_padding = (torch.arange(t)[None, :] >= kept[:, None]).to(device)
     return normalise(x, cfg), frame_padding, kept
+
+
+def padding_from_lengths(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, frames) bool, True beyond each clip's ``lengths`` (B,) real frames (on ``lengths``' device)."""
+    return torch.arange(frames, device=lengths.device)[None] >= lengths[:, None]
+
+
+class Frontend(torch.nn.Module):
+    """One front-end config applied: waveform -> Kaldi log-mel -> normalisation / length policy -> batch.
+
+    Built from a :class:`FrontendConfig` or any config with the same fields (the task configs); ``cfg`` is kept as
+    given. The fbank's window and mel matrix are non-persistent buffers: ``.to(device)`` moves them, state dicts do
+    not hold them.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        check_frontend(cfg)
+        self.cfg = cfg
+        self.fbank = Fbank(fbank_config(cfg))
+
+    @property
+    def device(self) -> torch.device:
+        return self.fbank.window.device
+
+    # -- one clip ---------------------------------------------------------------------------------------------------
+    def remove_mean(self, wav: torch.Tensor) -> torch.Tensor:
+        """A 1-D waveform minus its mean when the config says so (SSAST / EAT), else as given."""
+        if self.cfg.subtract_waveform_mean and wav.numel():
+            return wav - wav.mean()
+        return wav
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """*Un-normalised* log-mel (T, F) of one model-rate 1-D waveform, its mean removed per the config."""
+        return self.fbank(self.remove_mean(wav))[0]
+
+    # -- a batch ----------------------------------------------------------------------------------------------------
+    def batch_log_mel(self, wavs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """*Un-normalised* log-mels of model-rate 1-D waveforms in one batched fbank call, on :attr:`device`:
+        ``(B, T, F)`` zero beyond each clip's frames, and the frames per clip ``(B,)``. The mean removal is
+        vectorised over the zero-padded batch."""
+        device = self.device
+        lengths = torch.tensor([len(w) for w in wavs], device=device)
+        x = pad_sequence([w.to(device, torch.float32) for w in wavs], batch_first=True)
+        if self.cfg.subtract_waveform_mean:
+            valid = padding_from_lengths(lengths, x.shape[1]).logical_not()
+            x = (x - (x * valid).sum(1, keepdim=True) / lengths[:, None]) * valid
+        return self.fbank(x, lengths)
+
+    def pad_and_normalise(self, mels: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-clip log-mels (T_i, F) -> normalised (B, T, F), zero-padded at the end, and frame padding (B, T)."""
+        lengths = torch.tensor([m.shape[0] for m in mels], device=mels[0].device)
+        feats = pad_sequence(list(mels), batch_first=True)
+        return self.normalise(feats), padding_from_lengths(lengths, feats.shape[1])
+
+    def normalise(self, feats: torch.Tensor) -> torch.Tensor:
+        return normalise(feats, self.cfg)
+
+    def kept_frames(self, lengths: torch.Tensor) -> torch.Tensor:
+        return kept_frames(lengths, self.cfg)
+
+    def collate(self, feats: List[torch.Tensor], crop_u: Optional[torch.Tensor] = None):
+        """:func:`collate_features` under this config: ``(x (B, T, F), frame_padding or None, kept frames (B,))``."""
+        return collate_features(feats, self.cfg, crop_u)
+
+    def collate_padded(self, padded: torch.Tensor, lengths: torch.Tensor, crop_u: Optional[torch.Tensor] = None):
+        """:func:`collate_padded` under this config (log-mels already stacked, e.g. by :meth:`batch_log_mel`)."""
+        return collate_padded(padded, lengths, self.cfg, crop_u)

@@ -2,9 +2,10 @@
 
 Create (same interface as fairseq's ``examples/wav2vec/wav2vec_manifest.py``, plus labels)::
 
-    maeast-manifest ROOT --dest DIR [--ext wav,flac,ogg,mp3] [--valid-percent 0.01] [--seed 42]
-                    [--path-must-contain FRAG] [--min-samples N]
+    maeast-manifest ROOT --dest DIR [--ext wav,flac,ogg,mp3] [--valid-percent 0.01] [--test-percent 0]
+                    [--folds K] [--seed 42] [--path-must-contain FRAG] [--min-samples N]
                     [--labels-from parent|regex:PATTERN|csv:FILE [--csv-columns PATH,LABELS]]
+                    [--group-by parent|regex:PATTERN|csv:COLUMN]
                     [--workers 8] [--progress-every 1000]
 
 walks ROOT in sorted (deterministic) order, reads each file's frame count with ``soundfile.info``
@@ -13,7 +14,16 @@ Clips keep the walk order inside each split; the valid clips are a seeded random
 ``round(n * valid_percent)`` clips (at least 1 when ``valid_percent > 0`` and there are 2+ clips,
 never all of them).  ``--valid-percent 0`` writes only ``train.tsv`` (no ``valid.tsv``; a stale one
 left in DIR is reported).  With ``--labels-from`` it also writes the aligned ``train.lbl`` /
-``valid.lbl`` and ``labels.txt`` (sorted label list):
+``valid.lbl`` and ``labels.txt`` (sorted label list), and the split is stratified by label (each split gets its share
+of every label as nearly as the clips allow).
+
+``--test-percent F`` adds ``test.tsv``; ``--folds K`` writes ``fold1.tsv`` .. ``foldK.tsv`` instead (each clip in
+exactly one fold, for ``maeast-evaluate --folds K``). ``--group-by`` keeps every group whole: all clips of a speaker,
+a drum kit or a recording session land in one split (or fold), so no test score is inflated by near-copies seen in
+training. Groups come from ``parent`` (the file's folder path), ``regex:PATTERN`` (the group named ``group``, else
+group 1, else the whole match, on the path relative to ROOT) or ``csv:COLUMN`` (a column of the ``--labels-from
+csv:FILE`` table). Split sizes then follow whole groups (close to the fractions, not exact); a label held by too few
+groups to reach every split is reported.
 
 * ``parent``: the name of the folder that contains the file (``dog/001.wav`` -> ``dog``);
 * ``regex:PATTERN``: ``re.search`` on the path relative to ROOT (``/`` separators); the label is
@@ -57,9 +67,11 @@ from maeast_fairseq.data.manifest import (
     describe_audio_error,
     label_path_for,
     map_in_threads,
+    assign_splits,
     parse_label_line,
     probe_audio,
     read_manifest,
+    split_sizes,
     write_label_list,
     write_labels,
     write_manifest,
@@ -162,6 +174,7 @@ class CsvLabels:
         self.by_key: dict[str, str] = {}
         self.row_of: dict[str, int] = {}
         self.used: dict[str, list[str]] = {}
+        self.rows: dict[str, dict[str, str]] = {}
         try:
             f = open(csv_path, newline="", encoding="utf-8")
         except OSError as exc:
@@ -183,16 +196,35 @@ class CsvLabels:
                                      f"{self.row_of[key]}; list each file once")
                 self.by_key[key] = row[label_column] or ""
                 self.row_of[key] = line
+                self.rows[key] = row
+
+    def key_of(self, rel: str) -> str | None:
+        """The CSV key of a file: its path relative to ROOT, else its bare file name; None when neither is listed."""
+        if rel in self.by_key:
+            return rel
+        key = os.path.basename(rel)
+        return key if key in self.by_key else None
 
     def __call__(self, rel: str) -> list[str] | None:
-        if rel in self.by_key:
-            key = rel
-        else:
-            key = os.path.basename(rel)
-            if key not in self.by_key:
-                return None
+        key = self.key_of(rel)
+        if key is None:
+            return None
         self.used.setdefault(key, []).append(rel)
         return parse_label_line(self.by_key[key])
+
+    def column(self, name: str) -> Callable[[str], "str | None"]:
+        """Group source ``csv:COLUMN``: the value of column ``name`` on the file's row (None when empty)."""
+        columns = next(iter(self.rows.values()), {}).keys()
+        if self.rows and name not in columns:
+            raise ValueError(f"--group-by csv:{name}: no column {name!r} in {self.csv_path} (columns: "
+                             f"{', '.join(columns)})")
+
+        def source(rel: str) -> str | None:
+            key = self.key_of(rel)
+            value = (self.rows[key].get(name) or "").strip() if key is not None else ""
+            return value or None
+
+        return source
 
     def ambiguous(self) -> list[tuple[str, list[str]]]:
         """CSV keys that matched more than one file (bare file names present in several folders)."""
@@ -220,6 +252,44 @@ def make_label_source(spec: str, csv_columns: str) -> LabelSource:
     raise ValueError(f"--labels-from must be 'parent', 'regex:PATTERN' or 'csv:FILE', got {spec!r}")
 
 
+#: A group source maps a path relative to ROOT to its group (speaker, kit, session), or None when it has none.
+GroupSource = Callable[[str], "str | None"]
+
+
+def parent_group(rel: str) -> str | None:
+    """``kit3/snare/001.wav`` -> ``kit3/snare`` (the whole folder path); files directly in ROOT have no group."""
+    return os.path.dirname(rel) or None
+
+
+def regex_group(pattern: str) -> GroupSource:
+    """Group source for ``regex:PATTERN`` (group ``group``, else group 1, else the whole match)."""
+    compiled = re.compile(pattern)
+    which: int | str = "group" if "group" in compiled.groupindex else (1 if compiled.groups >= 1 else 0)
+
+    def source(rel: str) -> str | None:
+        match = compiled.search(rel)
+        return match.group(which) or None if match is not None else None
+
+    return source
+
+
+def make_group_source(spec: str, label_source: LabelSource | None) -> GroupSource:
+    """Build the group source for a ``--group-by`` value; raises ValueError when it is malformed."""
+    if spec == "parent":
+        return parent_group
+    if spec.startswith("regex:"):
+        try:
+            return regex_group(spec[len("regex:"):])
+        except re.error as exc:
+            raise ValueError(f"bad regular expression in --group-by {spec!r}: {exc}") from None
+    if spec.startswith("csv:"):
+        if not isinstance(label_source, CsvLabels):
+            raise ValueError(f"--group-by {spec} reads a column of the --labels-from csv:FILE table; give "
+                             "--labels-from csv:FILE too (or group with parent / regex:PATTERN)")
+        return label_source.column(spec[len("csv:"):])
+    raise ValueError(f"--group-by must be 'parent', 'regex:PATTERN' or 'csv:COLUMN', got {spec!r}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Creating manifests
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +300,7 @@ class Clip:
     rel: str
     probe: AudioProbe
     labels: list[str] | None = None
+    group: str | None = None  #: from --group-by; clips of one group never straddle splits
 
 
 @dataclass
@@ -265,6 +336,51 @@ def split_valid(n: int, valid_percent: float, seed: int) -> set[int]:
     return set(random.Random(seed).sample(range(n), n_valid))
 
 
+def make_splits(clips: list[Clip], args: argparse.Namespace) -> dict[str, list[Clip]]:
+    """The clips of each split, in walk order: ``train`` / ``valid`` / ``test`` (the held-out ones only when their
+    fraction is > 0), or ``fold1`` .. ``foldK`` with ``--folds K``.
+
+    Every split except the legacy one (no labels, no ``--group-by``, no test split, no folds: a seeded random choice of
+    valid clips, :func:`split_valid`) comes from :func:`~maeast_fairseq.data.manifest.assign_splits`: whole groups
+    (``--group-by``; else each clip is its own group), stratified by label where the groups allow it."""
+    n = len(clips)
+    labelled = any(clip.labels is not None for clip in clips)
+    if args.folds is not None:
+        names = [f"fold{k + 1}" for k in range(args.folds)]
+        targets = [n // args.folds + (1 if k < n % args.folds else 0) for k in range(args.folds)]
+    elif not labelled and args.group_by is None and args.test_percent == 0:
+        valid_idx = split_valid(n, args.valid_percent, args.seed)
+        splits = {"train": [clip for i, clip in enumerate(clips) if i not in valid_idx]}
+        if args.valid_percent > 0:
+            splits["valid"] = [clip for i, clip in enumerate(clips) if i in valid_idx]
+        return splits
+    else:
+        names = ["train", "valid", "test"]
+        held_out = split_sizes(n, [args.valid_percent, args.test_percent])
+        targets = [n - sum(held_out), *held_out]
+    groups = [clip.group if clip.group is not None else f"\0clip{i}" for i, clip in enumerate(clips)]
+    labels = [clip.labels or [] for clip in clips] if labelled else None
+    which = assign_splits(groups, labels, targets, args.seed)
+    splits = {name: [clip for clip, s in zip(clips, which) if s == k] for k, name in enumerate(names)}
+    if args.folds is None:
+        splits = {name: split_clips for name, split_clips in splits.items()
+                  if name == "train" or {"valid": args.valid_percent, "test": args.test_percent}[name] > 0}
+    if args.group_by is not None and labelled:
+        split_of_label: dict[str, set[str]] = {}
+        for name, split_clips in splits.items():
+            for clip in split_clips:
+                for label in clip.labels or []:
+                    split_of_label.setdefault(label, set()).add(name)
+        missing = {name: sorted(label for label, names_ in split_of_label.items() if name not in names_)
+                   for name in splits}
+        for name, labels_missing in missing.items():
+            if labels_missing:
+                log(f"note: {name} has no clip of {len(labels_missing)} label(s) ({', '.join(labels_missing[:SHOW_FIRST])}"
+                    f"{', ...' if len(labels_missing) > SHOW_FIRST else ''}): those labels live in too few groups "
+                    "to appear in every split")
+    return splits
+
+
 def hours(clips: Sequence[Clip]) -> float:
     return sum(clip.probe.num_samples / clip.probe.sample_rate for clip in clips) / 3600
 
@@ -297,9 +413,19 @@ def create(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"ROOT {args.root!r} is not a folder")
     if not 0 <= args.valid_percent < 1:
         parser.error("--valid-percent must be in [0, 1) (a fraction: 0.01 = 1 %)")
+    if not 0 <= args.test_percent < 1:
+        parser.error("--test-percent must be in [0, 1) (a fraction: 0.1 = 10 %)")
+    if args.valid_percent + args.test_percent >= 1:
+        parser.error("--valid-percent + --test-percent must be < 1: leave clips for training")
+    if args.folds is not None:
+        if args.folds < 2:
+            parser.error("--folds K needs K >= 2 (maeast-evaluate --folds needs K >= 3)")
+        if args.test_percent > 0:
+            parser.error("--folds writes fold1..foldK manifests (each fold is a test fold once): drop --test-percent")
     try:
         exts = parse_exts(args.ext)
         label_source = make_label_source(args.labels_from, args.csv_columns) if args.labels_from else None
+        group_source = make_group_source(args.group_by, label_source) if args.group_by else None
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     root = os.path.realpath(args.root)
@@ -328,6 +454,17 @@ def create(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             labels_of[rel] = labels
             labelled.append(rel)
         rels = labelled
+    groups_of: dict[str, str] = {}
+    if group_source is not None:
+        grouped = []
+        for rel in rels:
+            group = group_source(rel)
+            if group is None:
+                skipped.add(f"no group from --group-by {args.group_by}", rel)
+                continue
+            groups_of[rel] = group
+            grouped.append(rel)
+        rels = grouped
         if isinstance(label_source, CsvLabels):
             ambiguous = label_source.ambiguous()
             if ambiguous:
@@ -354,21 +491,23 @@ def create(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if probe.num_samples < args.min_samples:
             skipped.add(f"shorter than --min-samples {args.min_samples}", rel, f"{probe.num_samples} samples")
             continue
-        clips.append(Clip(rel, probe, labels_of.get(rel)))
+        clips.append(Clip(rel, probe, labels_of.get(rel), groups_of.get(rel)))
     skipped.report()
     if not clips:
         print(f"{PROG}: error: no usable audio file left ({skipped.total()} skipped)", file=sys.stderr)
         return 1
 
-    valid_idx = split_valid(len(clips), args.valid_percent, args.seed)
-    splits = {"train": [clip for i, clip in enumerate(clips) if i not in valid_idx]}
-    if args.valid_percent > 0:
-        splits["valid"] = [clip for i, clip in enumerate(clips) if i in valid_idx]
-    else:
-        for stale in ("valid.tsv", "valid.lbl"):
-            if os.path.exists(os.path.join(args.dest, stale)):
-                log(f"warning: --valid-percent 0 writes no valid split, but {os.path.join(args.dest, stale)} "
-                    "exists from an earlier run; delete it if it is stale")
+    try:
+        splits = make_splits(clips, args)
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    if args.folds is None:
+        for split, fraction in (("valid", args.valid_percent), ("test", args.test_percent)):
+            for stale in (f"{split}.tsv", f"{split}.lbl"):
+                if fraction == 0 and os.path.exists(os.path.join(args.dest, stale)):
+                    log(f"warning: this run writes no {split} split, but {os.path.join(args.dest, stale)} exists "
+                        "from an earlier run; delete it if it is stale")
 
     os.makedirs(args.dest, exist_ok=True)
     print(f"root: {root}")
@@ -377,7 +516,8 @@ def create(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         write_manifest(tsv, root, [(clip.rel, clip.probe.num_samples) for clip in split_clips])
         if label_source is not None:
             write_labels(label_path_for(tsv), [clip.labels or [] for clip in split_clips])
-        print(f"{split}: {len(split_clips)} clips, {hours(split_clips):.2f} h -> {tsv}")
+        n_groups = f", {len({clip.group for clip in split_clips})} groups" if args.group_by else ""
+        print(f"{split}: {len(split_clips)} clips{n_groups}, {hours(split_clips):.2f} h -> {tsv}")
     if label_source is not None:
         label_list = sorted({label for clip in clips for label in clip.labels or []})
         label_list_path = os.path.join(args.dest, LABEL_LIST_NAME)
@@ -439,6 +579,9 @@ EPILOG = """examples:
   maeast-manifest /data/ESC-50/audio --dest data/esc50 --valid-percent 0.2 \\
       --labels-from csv:/data/ESC-50/meta/esc50.csv --csv-columns filename,category
   maeast-manifest /data/speech_commands --dest data/spc --labels-from parent
+  maeast-manifest /data/kits --dest data/kits --labels-from regex:'/(?P<label>[a-z]+)_[0-9]+[.]wav$' \
+      --group-by regex:'^(kit[0-9]+)/' --valid-percent 0.1 --test-percent 0.2     # no kit in two splits
+  maeast-manifest /data/kits --dest data/kits5 --labels-from parent --group-by regex:'^(kit[0-9]+)/' --folds 5
   maeast-manifest --check data/ls              # every *.tsv in the folder
   maeast-manifest --check data/esc50/train.tsv --labels
 
@@ -449,8 +592,9 @@ exit status: 0 ok, 1 problems found / nothing usable, 2 bad command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Create wav2vec-style manifests (train.tsv / valid.tsv, optional .lbl label files and "
-                    "labels.txt) from a folder of audio, or check existing ones with --check.",
+        description="Create wav2vec-style manifests (train.tsv / valid.tsv / test.tsv, or fold1..foldK.tsv; optional "
+                    ".lbl label files and labels.txt) from a folder of audio, splitting by clip or by whole groups "
+                    "(--group-by), or check existing ones with --check.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -461,7 +605,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid-percent", type=float, default=0.01, metavar="FRACTION",
                         help="fraction of the clips for valid.tsv, 0.01 = 1 %%; 0 writes train.tsv only "
                              "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the train/valid split (default: %(default)s)")
+    parser.add_argument("--test-percent", type=float, default=0.0, metavar="FRACTION",
+                        help="fraction of the clips for test.tsv, 0.1 = 10 %%; 0 writes no test split "
+                             "(default: %(default)s)")
+    parser.add_argument("--group-by", metavar="SOURCE",
+                        help="keep each group (speaker, kit, recording session) whole in one split; SOURCE = parent "
+                             "(the file's folder) | regex:PATTERN (group 'group', else group 1, else the match, on "
+                             "the path relative to ROOT) | csv:COLUMN (a column of the --labels-from csv:FILE table)")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help="write K fold manifests fold1..foldK instead of train/valid/test (every clip, and every "
+                             "--group-by group, in exactly one fold; stratified by label): the input of "
+                             "maeast-evaluate --folds K")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the split (default: %(default)s)")
     parser.add_argument("--path-must-contain", metavar="FRAG",
                         help="keep only files whose path relative to ROOT contains FRAG")
     parser.add_argument("--labels-from", metavar="SOURCE",

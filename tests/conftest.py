@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
@@ -59,3 +60,43 @@ BLOCK_FAIRSEQ = (
     "            raise ImportError('fairseq is blocked in this test')\n"
     "sys.meta_path.insert(0, _BlockFairseq())\n"
 )
+
+
+# ------------------------------------------------------------------------------------------------ tiny models
+# The one set of tiny core configurations the tests build models from (2 encoder layers; seconds on a CPU).
+# A test that needs something else names its overrides: ``tiny_core("eat", clones=2)``.
+TINY_CORE_KWARGS = {
+    "mae_ast": dict(encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=4, decoder_layers=1, decoder_embed_dim=32,
+                    decoder_ffn_dim=64, decoder_heads=4),
+    "ssast": dict(encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=4),
+    "eat": dict(encoder_layers=2, embed_dim=64, ffn_dim=256, num_heads=4, clones=4, decoder_embed_dim=64,
+                decoder_layers=2, average_top_k_layers=2),
+}
+# dropout and layerdrop off (MAE-AST's defaults are on): a forward pass is a function of the input and the mask alone
+NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, dropout_input=0.0, encoder_layerdrop=0.0)
+# SSAST's two layouts: 16 x 16 patches with cluster masks, 2 x 128 frames with random masks
+SSAST_PATCH = dict(patch_time=16, patch_freq=16, mask_type="cluster")
+SSAST_FRAME = dict(patch_time=2, patch_freq=128, mask_type="random")
+
+
+def tiny_kwargs(name: str, **overrides) -> dict:
+    """The tiny configuration of core model ``name`` ("mae_ast", "ssast", "eat") as keyword arguments, with
+    ``overrides``; also valid for the fairseq model configs (same field names)."""
+    return {**TINY_CORE_KWARGS[name], **overrides}
+
+
+def tiny_core(name: str, seed: Optional[int] = 0, **overrides):
+    """A tiny core model (``maeast_fairseq.core``) of ``name``; ``torch.manual_seed(seed)`` right before it is built,
+    so the same call gives the same weights (``seed=None``: drawn from the global RNG as it stands)."""
+    import torch
+
+    from maeast_fairseq.core.eat import Eat, EatConfig
+    from maeast_fairseq.core.mae_ast import MaeAst, MaeAstConfig
+    from maeast_fairseq.core.ssast import Ssast, SsastConfig
+
+    classes = {"mae_ast": (MaeAst, MaeAstConfig), "ssast": (Ssast, SsastConfig), "eat": (Eat, EatConfig)}
+    model_cls, cfg_cls = classes[name]
+    cfg = cfg_cls(**tiny_kwargs(name, **overrides))
+    if seed is not None:
+        torch.manual_seed(seed)
+    return model_cls(cfg)

@@ -25,6 +25,7 @@ def test_paper_config_builds_the_model(path):
     assert counts["trainable"] > 20_000_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", TINY, ids=os.path.basename)
 def test_tiny_config_trains_with_hydra(path, overfit_set, tmp_path):  # noqa: F811
     name = os.path.basename(path)[:-5]

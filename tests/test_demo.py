@@ -25,6 +25,7 @@ def _labelled(root, data):
     write_label_list(os.path.join(data, "labels.txt"), sorted(kinds))
 
 
+@pytest.mark.slow  # the demo pipeline: fairseq-hydra-train and maeast-evaluate subprocesses
 def test_demo_end_to_end_offline(tmp_path, monkeypatch):
     from maeast_fairseq.cli import demo
     from maeast_fairseq.data.synthetic import make_corpus
@@ -86,6 +87,7 @@ def _fake_kits(root, kits, seed=0):
         (d / "drumkit.xml").write_text(xml.format(body))
 
 
+@pytest.mark.slow  # the demo pipeline: fairseq-hydra-train and maeast-evaluate subprocesses
 def test_demo_drum_task_k_fold_over_kit_groups_offline(tmp_path, monkeypatch):
     """The demo's main path with fake Hydrogen kits: kit-grouped k-fold evaluation and the leak check."""
     from maeast_fairseq.cli import demo

@@ -1,5 +1,6 @@
-"""EAT: EMA schedule, teacher (no gradient, EMA, fp32, checkpoints), multi-mask counts, padding, UFO scaling (trap 11),
+"""EAT: EMA schedule, teacher (no gradient, EMA, fp32, checkpoints), multi-mask counts, padding, UFO scaling (decision D11),
 and the tiny configs through fairseq-hydra-train (loss goes down, targets do not collapse, resume keeps the teacher)."""
+import functools
 import math
 import os
 import re
@@ -7,7 +8,9 @@ import re
 import pytest
 import torch
 
-from maeast_fairseq.core.eat import Eat, EatConfig, ema_decay_at, ufo_loss
+from conftest import tiny_core
+from maeast_fairseq.core.eat import Eat, EatConfig, ema_decay_at
+from maeast_fairseq.core.losses import ufo_loss
 from maeast_fairseq.core.rng import MaskRNG
 
 try:  # the CLI tests share test_pretrain_cli's fixed tiny set; the core tests run without fairseq
@@ -16,12 +19,7 @@ except pytest.skip.Exception:  # fairseq not installed
     pass
 
 
-def tiny(**kw):
-    base = dict(embed_dim=64, depth=2, num_heads=4, clones=4, decoder_dim=64, decoder_layers=2,
-                average_top_k_layers=2)
-    base.update(kw)
-    torch.manual_seed(0)
-    return Eat(EatConfig(**base))
+tiny = functools.partial(tiny_core, "eat")  # tiny(**overrides), seeded
 
 
 def ids_rng(n, seed=1, epoch=1):
@@ -169,7 +167,7 @@ def test_padding_never_masked_and_padded_content_is_ignored():
 
 
 def test_decoder_wider_than_the_encoder():
-    m = tiny(decoder_dim=32, decoder_groups=8, decoder_kernel=5, decoder_layers=3)
+    m = tiny(decoder_embed_dim=32, decoder_groups=8, decoder_kernel=5, decoder_layers=3)
     assert m.decoder.convs[0].in_channels == 64 and m.decoder.proj.out_features == 64
     out = m(torch.randn(1, 128, 128), None, ids_rng(1))
     assert out["pred"].shape == out["target"].shape == (4 * (64 - 12), 64)
@@ -202,16 +200,19 @@ def test_extract_features_and_remove_pretraining_modules():
 
 
 def test_parameter_counts_at_base_settings():
+    from maeast_fairseq.cli.params import paper_parameter_count, parameter_counts
+
     m = Eat(EatConfig())
-    c = m.parameter_counts()
-    assert c["student_encoder"] == c["teacher"] == 85_254_144
-    assert c["decoder"] == 2_585_856
-    assert c["fixed_positions"] == 768 * 8 * 768
-    paper = list(m.paper_parameter_count().values())
+    c = parameter_counts(m)  # (trainable, frozen, buffer elements) per module
+    assert c["encoder"][0] == c["teacher"][1] == 85_254_144  # the student trains, its EMA copy is frozen
+    assert c["encoder"][1] == c["teacher"][0] == 0
+    assert c["decoder"] == (2_585_856, 0, 0)
+    assert c["encoder"][2] == c["teacher"][2] == 768 * 8 * 768  # the fixed positions: the only buffer
+    paper = list(paper_parameter_count(m).values())
     assert abs(paper[0] / 93e6 - 1) < 0.02 and abs(paper[1] / 88e6 - 1) < 0.02
 
 
-# ---------------------------------------------------------------------------------------------------- UFO (trap 11)
+# ----------------------------------------------------------------------------------------------- UFO (decision D11)
 class _FixedOutput(torch.nn.Module):
     def __init__(self, out):
         super().__init__()
@@ -286,8 +287,9 @@ def test_fairseq_model_optimises_the_student_only_and_steps_the_ema_once_per_upd
     from maeast_fairseq.models.eat import EatModel, EatModelConfig
 
     torch.manual_seed(0)
-    m = EatModel(EatModelConfig(embed_dim=64, depth=2, num_heads=4, clones=2, decoder_dim=64, decoder_layers=2,
-                                average_top_k_layers=2, ema_decay=0.5, ema_end_decay=0.5))
+    m = EatModel(EatModelConfig(embed_dim=64, encoder_layers=2, ffn_dim=256, num_heads=4, clones=2,
+                                decoder_embed_dim=64, decoder_layers=2, average_top_k_layers=2, ema_decay=0.5,
+                                ema_end_decay=0.5))
     # fairseq's trainer hands the optimiser filter(lambda p: p.requires_grad, model.parameters())
     trainable = {id(p) for p in m.parameters() if p.requires_grad}
     assert not trainable & {id(p) for p in m.teacher.parameters()}
@@ -356,6 +358,7 @@ def _max_abs(a, b):
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY_CONFIGS)
 def test_tiny_config_learns_without_collapse_and_checkpoints_the_teacher(name, overfit_set, tmp_path):  # noqa: F811
     pytest.importorskip("fairseq")

@@ -47,7 +47,7 @@ def make_model(kind: str, seed: int = 0):
     if kind.startswith("mae_ast"):
         frame = kind == "mae_ast_frame"
         m = MaeAst(MaeAstConfig(patch_time=2 if frame else 16, patch_freq=128 if frame else 16,
-                                mask_type="random" if frame else "chunk", encoder_layers=2, embed_dim=32,
+                                mask_type="random" if frame else "cluster", encoder_layers=2, embed_dim=32,
                                 ffn_dim=64, num_heads=4, decoder_layers=1, decoder_embed_dim=32, decoder_ffn_dim=64,
                                 decoder_heads=4, dropout=0.1, attention_dropout=0.1, encoder_layerdrop=0.05))
         m.input_norm.running_mean.fill_(-6.0)
@@ -57,8 +57,8 @@ def make_model(kind: str, seed: int = 0):
     if kind == "ssast":
         m = cls(cfg_cls(target_frames=256, encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=2))
     else:
-        m = cls(cfg_cls(depth=2, embed_dim=32, num_heads=2, decoder_dim=16, decoder_layers=1, decoder_groups=4,
-                        average_top_k_layers=2, clones=2))
+        m = cls(cfg_cls(encoder_layers=2, embed_dim=32, ffn_dim=128, num_heads=2, decoder_embed_dim=16, decoder_layers=1,
+                        decoder_groups=4, average_top_k_layers=2, clones=2))
         with torch.no_grad():  # a teacher that differs from the student: loading the wrong one would show
             for p in m.teacher.parameters():
                 p.add_(0.5)
@@ -347,7 +347,7 @@ def test_fine_tuned_classifier_checkpoints(tmp_path, registered, kind, strides):
     state = torch.load(path, weights_only=True)
     cfg = classifier.ClassifierConfig(model_path=path, num_classes=3, pooling="auto", target_frames=256,
                                       patch_stride_time=strides[0], patch_stride_freq=strides[1])
-    model = classifier.classifier_from_pretrained(cfg, state, path).eval()
+    model = C.classifier_from_pretrained(cfg, state, path).eval()
     with torch.no_grad():
         for p in model.encoder.parameters():  # "fine-tuned": the encoder moved away from the pretrained weights
             p.add_(0.01 * torch.randn_like(p))
@@ -424,6 +424,7 @@ def real_checkpoint(tmp_path_factory):
     return root / "ckpt" / "checkpoint_last.pt"
 
 
+@pytest.mark.slow
 def test_real_checkpoint_loads_without_fairseq_code(real_checkpoint):
     pre = load_pretrained(str(real_checkpoint))
     assert pre.name == "mae_ast" and pre.frontend.window_type == "povey" and pre.frontend.norm == "none"

@@ -55,6 +55,20 @@ def test_safetensors_round_trip_is_bit_exact_and_pickle_free(tmp_path, registere
     assert all(torch.equal(h1, h2) for h1, h2 in zip(x["hidden_states"], y["hidden_states"]))
 
 
+def test_exported_files_get_the_usual_permissions(tmp_path, registered):  # noqa: F811
+    """model.safetensors is created 0600 by safetensors: the export gives it 0666 minus the umask, like config.json."""
+    from maeast_fairseq.export import export_safetensors
+
+    pre = load_pretrained(save_fake(tmp_path / "m.pt", "mae_ast_patch")[0])
+    old = os.umask(0o022)
+    try:
+        paths = export_safetensors(pre, str(tmp_path / "exp"))
+    finally:
+        os.umask(old)
+    assert oct(os.stat(paths["weights"]).st_mode & 0o777) == oct(0o644)
+    assert oct(os.stat(paths["config"]).st_mode & 0o777) == oct(0o644)
+
+
 def test_export_folder_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(C.CheckpointError, match="config.json"):

@@ -11,21 +11,18 @@ import sys
 import pytest
 import torch
 
-from conftest import BLOCK_FAIRSEQ, REPO, console, fairseq_env, run_cli
+from conftest import BLOCK_FAIRSEQ, REPO, console, fairseq_env, run_cli, tiny_core, tiny_kwargs
+from maeast_fairseq.checkpoint import classifier_from_pretrained
+from maeast_fairseq.core.augment import mixup, spec_augment
 from maeast_fairseq.core.classifier import (
     AudioClassifier,
     ClassifierConfig,
     apply_patch_strides,
-    classifier_from_pretrained,
     configure_encoder,
-    drop_pretraining_modules,
     layer_scales,
-    mixup,
     param_groups,
-    spec_augment,
     tag_parameters,
 )
-from maeast_fairseq.core.mae_ast import MaeAst, MaeAstConfig
 
 FT_DIR = os.path.join(REPO, "examples", "finetune")
 CONFIGS = sorted(glob.glob(os.path.join(FT_DIR, "*.yaml")))
@@ -102,6 +99,7 @@ def finetuned(labelled, pretrained, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------- through fairseq
+@pytest.mark.slow
 def test_finetune_beats_chance_by_30_points(finetuned):
     log, ckpt = finetuned
     rows = valid_lines(log)
@@ -119,6 +117,7 @@ def test_finetune_beats_chance_by_30_points(finetuned):
     assert not any(k.startswith("encoder.decoder") for k in state["model"])
 
 
+@pytest.mark.slow
 def test_predict_cli_prints_top_labels(finetuned, labelled, tmp_path):
     _, ckpt = finetuned
     root = (labelled / "data" / "valid.tsv").read_text().splitlines()[0]
@@ -139,6 +138,28 @@ def test_predict_cli_prints_top_labels(finetuned, labelled, tmp_path):
     assert float(lines[1].split()[1]) >= float(lines[2].split()[1])  # sorted
 
 
+@pytest.mark.slow
+def test_fairseq_validate_and_the_predict_report_agree(finetuned, labelled, tmp_path):
+    """fairseq-validate scores a held-out split of a fine-tuned checkpoint (no InterpolationResolutionError without
+    --arch), and maeast-predict's report on the same manifest gives the same accuracy (truncated as in validation)."""
+    from maeast_fairseq.cli.predict import main as predict_main
+
+    train_log, ckpt = finetuned
+    # the layer-decay groups are logged by name (group and lr scale), not by fairseq's md5 of their overrides
+    assert re.search(r"lr_default_x0\.\d+ ", train_log) and not re.search(r"lr_[0-9a-f]{32}", train_log)
+    log = run([console("fairseq-validate"), str(labelled / "data"), "--user-dir", os.path.join(REPO, "maeast_fairseq"),
+               "--task", "maeast_classification", "--path", str(ckpt / "checkpoint_best.pt"), "--valid-subset",
+               "valid", "--batch-size", "8"], tmp_path)
+    validated = float(re.search(r"valid on 'valid' subset \| loss [0-9.]+ \| accuracy ([0-9.]+)", log).group(1))
+    assert predict_main([str(ckpt / "checkpoint_best.pt"), str(labelled / "data" / "valid.tsv"), "--long",
+                         "truncate", "--out", str(tmp_path / "report")]) == 0
+    import json
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert round(100 * report["value"], 2) == validated, log[-2000:]
+
+
+@pytest.mark.slow
 def test_multi_label_runs_and_logs_map(labelled, pretrained, tmp_path):
     log = run(hydra("audioset20k_tiny", labelled / "data_ml", tmp_path / "ckpt", tmp_path,
                     f"model.model_path={pretrained}", "optimization.max_update=20",
@@ -150,6 +171,7 @@ def test_multi_label_runs_and_logs_map(labelled, pretrained, tmp_path):
     assert (tmp_path / "ckpt" / "checkpoint_best.pt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["esc50_tiny", "speech_commands_tiny"])
 def test_tiny_recipe_trains(name, labelled, pretrained, tmp_path):
     log = run(hydra(name, labelled / "data", tmp_path / "ckpt", tmp_path, f"model.model_path={pretrained}",
@@ -208,12 +230,11 @@ def test_config_fields_exist(path):
 
 # --------------------------------------------------------------------------------------- pure-torch pieces
 def tiny_mae_ast(layers=3):
-    return MaeAst(MaeAstConfig(encoder_layers=layers, embed_dim=32, ffn_dim=64, num_heads=4, decoder_layers=1,
-                               decoder_embed_dim=32, decoder_ffn_dim=64, decoder_heads=4))
+    return tiny_core("mae_ast", seed=None, encoder_layers=layers)  # weights from the global RNG as it stands
 
 
 def classifier(core, name="mae_ast", **kw):
-    drop_pretraining_modules(core)
+    core.remove_pretraining_modules()
     return AudioClassifier(ClassifierConfig(num_classes=5, encoder_name=name, **kw), core)
 
 
@@ -225,7 +246,7 @@ def test_layer_decay_rules():
         assert blocks[f"encoder.encoder.blocks.{i}.attn.qkv.weight"] == 0.5 ** (3 - i)
         assert beit[f"encoder.encoder.blocks.{i}.ffn.fc2.bias"] == 0.5 ** (3 - i)
     for stem in ("encoder.patch_embed.proj.weight", "encoder.encoder.input_norm.weight"):
-        assert blocks[stem] == 1.0  # EAT: the stem keeps the full lr (trap 14)
+        assert blocks[stem] == 1.0  # EAT: the stem keeps the full lr (decision D14)
         assert beit[stem] == 0.5 ** 4  # BEiT: the stem is layer 0 -> decay^(L+1)
     for head in ("head.weight", "head.bias", "head_norm.weight"):
         assert blocks[head] == beit[head] == 1.0
@@ -234,8 +255,8 @@ def test_layer_decay_rules():
 
 def test_layer_decay_on_eat_keeps_stem_and_cls_at_one():
     eat = pytest.importorskip("maeast_fairseq.core.eat")
-    core = eat.Eat(eat.EatConfig(depth=2, embed_dim=32, num_heads=4, decoder_dim=32, decoder_layers=1, clones=2,
-                                 average_top_k_layers=2))
+    core = eat.Eat(eat.EatConfig(encoder_layers=2, embed_dim=32, ffn_dim=128, num_heads=4, decoder_embed_dim=32,
+                                 decoder_layers=1, clones=2, average_top_k_layers=2))
     model = classifier(core, "eat", layer_decay=0.65)
     assert model.pooling == "cls"
     scales = model.lr_scales()
@@ -289,7 +310,7 @@ def test_optimizer_that_ignores_the_groups_is_refused():
 
 def test_regularisation_overrides():
     core = tiny_mae_ast(3)
-    drop_pretraining_modules(core)
+    core.remove_pretraining_modules()
     configure_encoder(core, dropout=0.2, attention_dropout=0.05, layerdrop=0.0, drop_path=0.1)
     stack = core.encoder
     assert [b.drop_path.p for b in stack.blocks] == pytest.approx([0.0, 0.05, 0.1])
@@ -302,7 +323,7 @@ def test_ssast_overlapping_patches_regrid_positions():
     ssast = pytest.importorskip("maeast_fairseq.core.ssast")
     core = ssast.Ssast(ssast.SsastConfig(encoder_layers=1, embed_dim=32, ffn_dim=64, num_heads=4,
                                          target_frames=256))  # pretraining grid: 16 time x 8 freq
-    drop_pretraining_modules(core)
+    core.remove_pretraining_modules()
     old = core.positions.table.detach().clone()
     assert apply_patch_strides(core, 16, 16, target_frames=256) is False  # same strides and grid: nothing to do
     # time stride 8, same frequency stride: fewer time patches (15 < 16) -> the SSAST centre crop, exactly
@@ -315,7 +336,7 @@ def test_ssast_overlapping_patches_regrid_positions():
 
     core = ssast.Ssast(ssast.SsastConfig(encoder_layers=1, embed_dim=32, ffn_dim=64, num_heads=4,
                                          target_frames=256))
-    drop_pretraining_modules(core)
+    core.remove_pretraining_modules()
     apply_patch_strides(core, 10, 10, target_frames=128)  # SSAST fine-tuning: 12 x 12 overlapping patches
     assert core.positions.grid == (12, 12) and core.positions.table.requires_grad
     out = core.extract_features(torch.randn(2, 128, 128))
@@ -324,7 +345,7 @@ def test_ssast_overlapping_patches_regrid_positions():
 
 def test_fixed_position_methods_refuse_a_new_frequency_stride():
     core = tiny_mae_ast(1)
-    drop_pretraining_modules(core)
+    core.remove_pretraining_modules()
     with pytest.raises(ValueError, match="frequency stride"):
         apply_patch_strides(core, 10, 10, target_frames=128)
     assert apply_patch_strides(core, 8, 0, target_frames=128)  # time stride only: 15 x 8 tokens
@@ -443,11 +464,9 @@ def test_noise_augmentation_keeps_padding_a_suffix(labelled):
 
 
 TINY_CORES = {
-    "mae_ast": dict(encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=4, decoder_layers=1, decoder_embed_dim=32,
-                    decoder_ffn_dim=64, decoder_heads=4),
-    "ssast": dict(encoder_layers=2, embed_dim=32, ffn_dim=64, num_heads=4, target_frames=256),
-    "eat": dict(depth=2, embed_dim=32, num_heads=4, decoder_dim=32, decoder_layers=1, clones=2,
-                average_top_k_layers=2),
+    "mae_ast": tiny_kwargs("mae_ast"),
+    "ssast": tiny_kwargs("ssast", target_frames=256),
+    "eat": tiny_kwargs("eat", embed_dim=32, ffn_dim=128, decoder_embed_dim=32, decoder_layers=1, clones=2),
 }
 
 
@@ -456,7 +475,7 @@ def test_every_method_fine_tunes_from_its_checkpoint(name):
     """Build from a pretrained state of each registered method, train a step, save, rebuild from the fine-tuned
     state alone (predict path), and re-fine-tune that checkpoint with a new head."""
     from maeast_fairseq.checkpoint import CORE_MODELS
-    from maeast_fairseq.core.classifier import build_core, classifier_from_state
+    from maeast_fairseq.checkpoint import build_core, classifier_from_state
 
     if name not in CORE_MODELS:
         pytest.skip(f"{name} is not registered in maeast_fairseq.checkpoint.CORE_MODELS yet")

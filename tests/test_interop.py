@@ -17,7 +17,7 @@ LENGTHS = (16000, 11200, 36800, 4000)  # 1 s, 0.7 s, 2.3 s, 0.25 s
 
 
 def featurizer_slices(upstream, wavs, out):
-    """What s3prl's Featurizer does with an upstream's output (EVAL.md), without s3prl."""
+    """What s3prl's Featurizer does with an upstream's output, without s3prl."""
     rate = upstream.get_downsample_rates("hidden_states")
     hs = out["hidden_states"]
     assert len({h.shape for h in hs}) == 1 and hs[0].dim() == 3
@@ -132,6 +132,7 @@ def run_cli(*args):
                           text=True, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_maeast_embed_cli(tmp_path, audio_folder):
     from maeast_fairseq.audio import load_audio
 

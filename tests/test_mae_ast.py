@@ -1,18 +1,13 @@
 """MAE-AST core: shapes, masking ratio, padding masks (never masked, scored or used as negatives)."""
+import functools
+
 import torch
 
+from conftest import NO_DROPOUT, tiny_core
 from maeast_fairseq.core.losses import info_nce, masked_mse
-from maeast_fairseq.core.mae_ast import MaeAst, MaeAstConfig
 from maeast_fairseq.core.rng import MaskRNG
 
-
-def tiny(**kw):
-    base = dict(embed_dim=32, ffn_dim=64, num_heads=4, encoder_layers=2, decoder_layers=1, decoder_embed_dim=32,
-                decoder_ffn_dim=64, decoder_heads=4, dropout=0.0, attention_dropout=0.0, dropout_input=0.0,
-                encoder_layerdrop=0.0)
-    base.update(kw)
-    torch.manual_seed(0)
-    return MaeAst(MaeAstConfig(**base))
+tiny = functools.partial(tiny_core, "mae_ast", **NO_DROPOUT)  # tiny(**overrides): seeded, without dropout
 
 
 def test_patch_shapes_and_ratio_at_paper_size():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -307,6 +308,7 @@ def test_check_label_problems(corpus, tmp_path, capsys):
     assert "label file missing" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_module_entry_point(bad_manifest):
     tsv, _ = bad_manifest
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -315,3 +317,114 @@ def test_module_entry_point(bad_manifest):
     assert proc.returncode == 1, proc.stderr
     assert f"{tsv}:3: format:" in proc.stdout and f"{tsv}:6: num-samples:" in proc.stdout
     assert "5 problem(s) in 1 manifest(s)" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Splits: test split, group-aware, stratified, k-fold
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kits(tmp_path):
+    """8 drum kits x 3 instruments, 1 to 3 hits of each per kit (uneven group sizes)."""
+    root = tmp_path / "kits"
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        for label in ("kick", "snare", "hat"):
+            for j in range(int(rng.integers(1, 4))):
+                write_clip(str(root / f"kit{k}" / f"{label}_{j}.wav"), seconds=0.05, seed=k * 10 + j)
+    return root
+
+
+LABEL_RE = r"regex:/(?P<label>[a-z]+)_\d+\.wav$"
+KIT_RE = r"regex:^(kit\d+)/"
+
+
+def kit_of(rel):
+    return rel.split("/")[0]
+
+
+def split_rels(dest, names):
+    return {name: rels_of(dest / f"{name}.tsv") for name in names}
+
+
+def test_group_split_keeps_groups_whole_with_test_split(kits, tmp_path):
+    dest = tmp_path / "data"
+    assert make(kits, dest, "--labels-from", LABEL_RE, "--group-by", KIT_RE, "--valid-percent", 0.15,
+                "--test-percent", 0.25, "--seed", 3) == 0
+    splits = split_rels(dest, ("train", "valid", "test"))
+    everything = [rel for rels in splits.values() for rel in rels]
+    assert sorted(everything) == sorted(p.relative_to(kits).as_posix() for p in kits.rglob("*.wav"))
+    kits_of = {name: {kit_of(rel) for rel in rels} for name, rels in splits.items()}
+    assert all(kits_of[name] for name in splits)  # no split empty
+    for a in splits:
+        for b in splits:
+            if a != b:
+                assert not kits_of[a] & kits_of[b], f"kit(s) {kits_of[a] & kits_of[b]} in both {a} and {b}"
+    # every kit holds every instrument, so stratification puts every label in every split
+    for name in splits:
+        labels = {lbl for line in (dest / f"{name}.lbl").read_text().splitlines() for lbl in line.split(",")}
+        assert labels == {"kick", "snare", "hat"}
+    # the .lbl lines stay aligned with the .tsv lines
+    for name, rels in splits.items():
+        lbl = (dest / f"{name}.lbl").read_text().splitlines()
+        assert [rel.split("/")[1].split("_")[0] for rel in rels] == lbl
+
+
+def test_kfold_every_group_in_exactly_one_fold(kits, tmp_path):
+    dest = tmp_path / "folds"
+    assert make(kits, dest, "--labels-from", LABEL_RE, "--group-by", KIT_RE, "--folds", 5) == 0
+    folds = split_rels(dest, [f"fold{k}" for k in range(1, 6)])
+    assert not (dest / "train.tsv").exists()
+    all_rels = [rel for rels in folds.values() for rel in rels]
+    assert len(all_rels) == len(set(all_rels)) == len(list(kits.rglob("*.wav")))  # every clip in exactly one fold
+    fold_of_kit = {}
+    for name, rels in folds.items():
+        assert rels, f"{name} is empty"
+        for rel in rels:
+            assert fold_of_kit.setdefault(kit_of(rel), name) == name, f"{kit_of(rel)} straddles folds"
+    assert len(fold_of_kit) == 8
+
+
+def test_group_by_parent_and_csv_column(kits, tmp_path):
+    dest = tmp_path / "parent"
+    assert make(kits, dest, "--labels-from", LABEL_RE, "--group-by", "parent", "--folds", 3) == 0
+    folds = split_rels(dest, ("fold1", "fold2", "fold3"))
+    seen = {}
+    for name, rels in folds.items():
+        for rel in rels:
+            assert seen.setdefault(kit_of(rel), name) == name
+    # csv:COLUMN groups by a column of the --labels-from table: here two kits share one "session"
+    table = tmp_path / "meta.csv"
+    rows = ["path,labels,session"] + [
+        f"{p.relative_to(kits).as_posix()},{p.name.split('_')[0]},s{int(p.parent.name[3:]) // 2}"
+        for p in sorted(kits.rglob("*.wav"))]
+    table.write_text("\n".join(rows) + "\n")
+    dest = tmp_path / "csv"
+    assert make(kits, dest, "--labels-from", f"csv:{table}", "--group-by", "csv:session", "--folds", 4) == 0
+    folds = split_rels(dest, ("fold1", "fold2", "fold3", "fold4"))
+    session_of_fold = {name: {int(kit_of(rel)[3:]) // 2 for rel in rels} for name, rels in folds.items()}
+    assert all(len(s) == 1 for s in session_of_fold.values())  # 4 sessions, 4 folds, one each
+
+
+def test_group_split_errors(kits, tmp_path, capsys):
+    with pytest.raises(SystemExit):  # csv:COLUMN needs a --labels-from csv table
+        make(kits, tmp_path / "a", "--group-by", "csv:session")
+    assert "--labels-from csv:FILE" in capsys.readouterr().err
+    # 8 kits cannot make 9 folds of whole kits
+    assert make(kits, tmp_path / "b", "--group-by", KIT_RE, "--folds", 9) == 1
+    assert "only 8 group(s) for 9 splits" in capsys.readouterr().err
+
+
+def test_stratified_split_by_clip_hits_exact_sizes():
+    from maeast_fairseq.data.manifest import assign_splits, split_sizes
+
+    labels = [["a"]] * 60 + [["b"]] * 30 + [["c"]] * 10
+    sizes = split_sizes(100, [0.1, 0.2])
+    assert sizes == [10, 20]
+    which = assign_splits([str(i) for i in range(100)], labels, [70, 10, 20], seed=0)
+    counts = {s: Counter(labels[i][0] for i in range(100) if which[i] == s) for s in range(3)}
+    assert [sum(c.values()) for c in counts.values()] == [70, 10, 20]
+    assert counts[1] == {"a": 6, "b": 3, "c": 1} and counts[2] == {"a": 12, "b": 6, "c": 2}
+    assert assign_splits([str(i) for i in range(100)], labels, [70, 10, 20], seed=0) == which  # deterministic
+    assert assign_splits([str(i) for i in range(100)], labels, [70, 10, 20], seed=1) != which

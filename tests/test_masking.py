@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
+from maeast_fairseq.core import masking
 from maeast_fairseq.core.masking import (
     cluster_mask,
     gather_visible,
@@ -17,6 +18,17 @@ from maeast_fairseq.core.masking import (
     scatter_back,
 )
 from maeast_fairseq.core.rng import MaskRNG
+
+
+# ============================================================================ test helpers
+def cluster_mask_with_sizes(rng, grid, mask_ratio, same_for_batch=False):
+    """cluster_mask (sizes 3-5, time-major, no padding) and the cluster size each row drew."""
+    return masking._cluster_mask_and_sizes(rng, grid, mask_ratio, "time_major", (3, 4, 5), None, same_for_batch)
+
+
+def inverse_block_mask_with_shapes(rng, block):
+    """inverse_block_mask (64 x 8, EAT's 0.8 / 0.07) and the index into ``block`` of the shape each row drew."""
+    return masking._inverse_block_mask_and_shapes(rng, (64, 8), 0.8, 0.07, block, None)
 
 
 # ============================================================================ slow loop references
@@ -376,11 +388,10 @@ def test_same_for_batch():
 # ============================================================================ cluster statistics
 def test_cluster_sizes_used_equally():
     rng = MaskRNG.from_ids(5, 0, torch.arange(3000))
-    _, sizes = cluster_mask(rng, (64, 8), 0.75, return_cluster_sizes=True)
+    _, sizes = cluster_mask_with_sizes(rng, (64, 8), 0.75)
     frac = torch.bincount(sizes, minlength=6)[3:].float() / 3000
     assert torch.allclose(frac, torch.full((3,), 1 / 3), atol=0.04)
-    _, s1 = cluster_mask(MaskRNG.from_ids(5, 0, torch.arange(10)), (64, 8), 0.75, return_cluster_sizes=True,
-                         same_for_batch=True)
+    _, s1 = cluster_mask_with_sizes(MaskRNG.from_ids(5, 0, torch.arange(10)), (64, 8), 0.75, same_for_batch=True)
     assert len(set(s1.tolist())) == 1
 
 
@@ -434,9 +445,10 @@ def test_cluster_token_orders_agree():
     assert torch.equal(tm, fm)
 
 
-def test_cluster_fallback_when_candidates_run_out():
+def test_cluster_fallback_when_candidates_run_out(monkeypatch):
+    monkeypatch.setattr(masking, "_num_candidates", lambda *args: 3)  # far too few clusters: random fill
     rng = MaskRNG.from_ids(0, 0, torch.arange(4))
-    m = cluster_mask(rng, (64, 8), 0.9, num_candidates=3)  # far too few clusters: random fill
+    m = cluster_mask(rng, (64, 8), 0.9)
     assert m.sum(1).eq(512 - n_kept_of(512, 0.9)).all()
 
 
@@ -483,7 +495,7 @@ def test_eat_matches_slow_reference():
 
 def test_eat_flexible_blocks():
     rng = MaskRNG.from_ids(0, 0, torch.arange(600))
-    m, shape_idx = inverse_block_mask(rng, block=[(6, 4), (5, 5), (8, 3)], return_block_shapes=True)
+    m, shape_idx = inverse_block_mask_with_shapes(rng, block=[(6, 4), (5, 5), (8, 3)])
     assert (~m).sum(1).eq(102).all()
     frac = torch.bincount(shape_idx, minlength=3).float() / 600
     assert torch.allclose(frac, torch.full((3,), 1 / 3), atol=0.07)

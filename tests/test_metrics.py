@@ -1,20 +1,21 @@
-"""Accuracy, per-class average precision and mAP against hand-computed cases (pure torch, no fairseq)."""
+"""Accuracy, per-class average precision and mAP (fractions) against hand-computed cases (pure torch, no fairseq)."""
 import math
 
 import pytest
 import torch
 
-from maeast_fairseq.core.classifier import accuracy, average_precision, mean_average_precision
+from maeast_fairseq.core.metrics import accuracy, average_precision, mean_average_precision, num_correct
 
 
 def test_accuracy_with_indices_and_one_hot_rows():
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.5, 0.2, 0.9], [1.0, 0.0, 0.0]])
     labels = torch.tensor([0, 1, 1, 2])  # right, right, wrong, wrong
-    assert accuracy(logits, labels) == pytest.approx(50.0)
-    assert accuracy(logits, torch.eye(3)[labels]) == pytest.approx(50.0)
+    assert accuracy(logits, labels) == pytest.approx(0.5)
+    assert accuracy(logits, torch.eye(3)[labels]) == pytest.approx(0.5)
+    assert int(num_correct(logits, labels)) == 2 and math.isnan(accuracy(logits[:0], labels[:0]))
     # soft (mixed) rows count for their largest label
     soft = torch.tensor([[0.7, 0.3, 0.0], [0.2, 0.8, 0.0], [0.0, 0.4, 0.6], [0.9, 0.1, 0.0]])
-    assert accuracy(logits, soft) == pytest.approx(100.0)
+    assert accuracy(logits, soft) == pytest.approx(1.0)
 
 
 def test_average_precision_hand_computed():
@@ -25,7 +26,7 @@ def test_average_precision_hand_computed():
     targets = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 0, 0], [0, 1, 0]])
     ap = average_precision(scores, targets)
     assert ap.tolist() == pytest.approx([(1 + 2 / 3) / 2, 0.5, 1.0])
-    assert mean_average_precision(scores, targets) == pytest.approx(100 * ((1 + 2 / 3) / 2 + 0.5 + 1.0) / 3)
+    assert mean_average_precision(scores, targets) == pytest.approx(((1 + 2 / 3) / 2 + 0.5 + 1.0) / 3)
 
 
 def test_tied_scores_form_one_threshold():
@@ -44,7 +45,7 @@ def test_classes_without_positives_are_skipped():
     ap = average_precision(scores, targets)
     assert math.isnan(ap[1].item())
     assert ap[0].item() == pytest.approx(1.0) and ap[2].item() == pytest.approx(1.0)
-    assert mean_average_precision(scores, targets) == pytest.approx(100.0)  # NaN class not averaged in
+    assert mean_average_precision(scores, targets) == pytest.approx(1.0)  # NaN class not averaged in
     assert math.isnan(mean_average_precision(scores, torch.zeros_like(targets)))
 
 

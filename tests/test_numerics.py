@@ -26,37 +26,26 @@ import math
 import pytest
 import torch
 
-from maeast_fairseq.core.eat import Eat, EatConfig, TargetCollapseMonitor, ufo_loss
+from conftest import NO_DROPOUT, SSAST_PATCH, tiny_core
 from maeast_fairseq.core.losses import (eat_frame_loss, eat_targets, eat_utterance_loss, info_nce, masked_mse,
-                                        regression_var)
-from maeast_fairseq.core.mae_ast import MaeAst, MaeAstConfig
+                                        regression_var, ufo_loss)
 from maeast_fairseq.core.rng import MaskRNG
-from maeast_fairseq.core.ssast import Ssast, SsastConfig
 from maeast_fairseq.fbank import Fbank, FbankConfig
 
 MODELS = ("mae_ast", "ssast", "eat")
 FRAMES = 256  # 16 time patches x 8 frequency patches
 LOSS_RTOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 GRAD_RTOL = {torch.bfloat16: 5e-2, torch.float16: 1.5e-2}
-EAT_LOGGER = "maeast_fairseq.core.eat"
+EAT_LOGGER = "maeast_fairseq.criterions.eat_ufo"  # the criterion owns the collapse monitor
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
+TINY_OVERRIDES = {"mae_ast": NO_DROPOUT, "ssast": dict(SSAST_PATCH, target_frames=FRAMES), "eat": {}}
+
+
 def tiny(name, **kw):
-    """The tiny models of test_mae_ast / test_ssast / test_eat, without dropout or layerdrop (deterministic)."""
-    torch.manual_seed(0)
-    if name == "mae_ast":
-        return MaeAst(MaeAstConfig(**{**dict(
-            embed_dim=32, ffn_dim=64, num_heads=4, encoder_layers=2, decoder_layers=1, decoder_embed_dim=32,
-            decoder_ffn_dim=64, decoder_heads=4, dropout=0.0, attention_dropout=0.0, dropout_input=0.0,
-            encoder_layerdrop=0.0), **kw}))
-    if name == "ssast":
-        return Ssast(SsastConfig(**{**dict(
-            patch_time=16, patch_freq=16, mask_type="cluster", embed_dim=32, ffn_dim=64, num_heads=4,
-            encoder_layers=2, target_frames=FRAMES), **kw}))
-    return Eat(EatConfig(**{**dict(
-        embed_dim=64, depth=2, num_heads=4, clones=4, decoder_dim=64, decoder_layers=2, average_top_k_layers=2),
-        **kw}))
+    """The tiny models of conftest (as test_mae_ast / test_ssast / test_eat), without dropout or layerdrop."""
+    return tiny_core(name, **{**TINY_OVERRIDES[name], **kw})
 
 
 def objective(name, out):
@@ -337,6 +326,9 @@ def warnings_of(caplog, word):
 
 
 def test_collapse_monitor_threshold_rate_limit_and_recovery(caplog):
+    pytest.importorskip("fairseq")
+    from maeast_fairseq.criterions.eat_ufo import TargetCollapseMonitor
+
     caplog.set_level(logging.WARNING, logger=EAT_LOGGER)
     mon = TargetCollapseMonitor(min_target_var=0.1, warn_interval=10)
     assert not any(mon.update(v, s) for s, v in enumerate([1.0, 0.9, 0.1]))  # the floor itself is healthy
@@ -381,8 +373,9 @@ def _fairseq_eat(collapsed, interval):
 
     torch.manual_seed(0)
     # decay 1: the EMA leaves the (collapsed) teacher as it is over the run
-    model = EatModel(EatModelConfig(embed_dim=64, depth=2, num_heads=4, clones=4, decoder_dim=64, decoder_layers=2,
-                                    average_top_k_layers=2, ema_decay=1.0, ema_end_decay=1.0))
+    model = EatModel(EatModelConfig(embed_dim=64, encoder_layers=2, ffn_dim=256, num_heads=4, clones=4,
+                                    decoder_embed_dim=64, decoder_layers=2, average_top_k_layers=2, ema_decay=1.0,
+                                    ema_end_decay=1.0))
     if collapsed:
         collapse_teacher(model)
     crit = EatUfoCriterion(EatUfoConfig(collapse_warn_interval=interval), None)

@@ -40,6 +40,7 @@ def assert_overfits(log, min_drop=0.25):
     assert last <= (1 - min_drop) * first, f"loss {first:.3f} -> {last:.3f}: less than {min_drop:.0%} lower"
 
 
+@pytest.mark.slow
 def test_hydra_train_overfits_checkpoints_and_resumes(overfit_set, tmp_path):
     ckpt = tmp_path / "ckpt"
     base = [console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples/pretrain"),
@@ -56,6 +57,7 @@ def test_hydra_train_overfits_checkpoints_and_resumes(overfit_set, tmp_path):
     assert updates and min(updates) == 151 and max(updates) == 155
 
 
+@pytest.mark.slow
 def test_fairseq_train_user_dir(overfit_set, tmp_path):
     ckpt = tmp_path / "ckpt"
     cmd = [
@@ -78,6 +80,13 @@ def test_fairseq_train_user_dir(overfit_set, tmp_path):
     assert (ckpt / "checkpoint_last.pt").is_file()
     log2 = run([c if c != "60" else "65" for c in cmd], cwd=tmp_path)
     assert re.search(r"Loaded checkpoint .*checkpoint_last\.pt \(epoch \d+ @ 60 updates\)", log2), log2[-3000:]
+    # fairseq-validate scores a split with the saved task and criterion (no --arch: no model group in its config),
+    # without fairseq's hydra deprecation warnings (silenced by the plugin)
+    val = run([console("fairseq-validate"), str(overfit_set / "data"),
+               "--user-dir", os.path.join(REPO, "maeast_fairseq"), "--task", "maeast_pretraining", "--path", str(ckpt / "checkpoint_last.pt"), "--valid-subset", "valid",
+               "--batch-size", "8"], cwd=tmp_path)
+    assert re.search(r"valid on 'valid' subset \| loss [0-9.]+ \| nce [0-9.]+", val), val[-3000:]
+    assert "deprecat" not in val.lower() and "no longer experimental" not in val, val[:3000]
 
 
 DDP_ARGS = [
@@ -87,6 +96,7 @@ DDP_ARGS = [
 ]
 
 
+@pytest.mark.slow
 def test_two_process_cpu_training_with_torchrun_and_resume(overfit_set, tmp_path, monkeypatch):
     """The README's torchrun command: 2 CPU processes over gloo train, checkpoint and resume, with torch's safe
     weights_only loading (no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD: maeast_fairseq.fairseq_compat fixes fairseq's resume)."""
@@ -105,6 +115,7 @@ def test_two_process_cpu_training_with_torchrun_and_resume(overfit_set, tmp_path
     assert sorted(u for u, _ in losses(log2)) == [11, 12]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["mae_ast_frame_tiny", "mae_ast_patch_6l_tiny", "mae_ast_frame_6l_tiny"])
 def test_other_mae_ast_tiny_configs_overfit_with_hydra(config, overfit_set, tmp_path):
     log = run([console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples/pretrain"),

@@ -104,6 +104,7 @@ def assert_same_tensors(a, b, where=""):
 
 
 # ---------------------------------------------------------------------------------------------------- kill -9
+@pytest.mark.slow
 def test_kill_9_after_a_checkpoint_then_same_command_resumes_bit_exactly(tmp_path):
     """MAE-AST patch tiny, one process (its per-batch BatchNorm is fine here: the batches are the same)."""
     data = corpus(tmp_path / "set", 8, (1.5, 3.0), 0.25)  # 6 train clips = one update per epoch
@@ -205,6 +206,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_fairseq_checkpoint_save_never_leaves_a_half_written_checkpoint(tmp_path):
     out = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path), "12"], env=env(),
                          capture_output=True, text=True, timeout=300)
@@ -296,6 +298,7 @@ def test_fairseq_rank_broadcast_of_a_checkpoint_loads_with_weights_only(tmp_path
 
 
 # ---------------------------------------------------------------------------------------- 2 processes vs 1
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_onto_the_same_curve(tmp_path):
     """SSAST patch tiny (fixed 256 frames, dataset mean/std, per-clip cluster masks, no dropout) on 8 training clips
     of >= 2.7 s (no padding: every clip has the same number of masked patches), global batch 8 = one update per

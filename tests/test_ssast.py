@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from conftest import SSAST_FRAME, SSAST_PATCH, TINY_CORE_KWARGS, tiny_core
 from maeast_fairseq.core.losses import info_nce, masked_mse
 from maeast_fairseq.core.rng import MaskRNG
 from maeast_fairseq.core.ssast import Ssast, SsastConfig
@@ -16,14 +17,13 @@ try:  # the fixed tiny overfit set and the CLI helpers of the MAE-AST CLI tests 
 except pytest.skip.Exception:  # fairseq missing: only the CLI tests below are skipped
     overfit_set = None
 
-PATCH = dict(patch_time=16, patch_freq=16, mask_type="cluster")
-FRAME = dict(patch_time=2, patch_freq=128, mask_type="random")
-SMALL = dict(embed_dim=32, ffn_dim=64, num_heads=4, encoder_layers=2)
+PATCH, FRAME = SSAST_PATCH, SSAST_FRAME
+SMALL = TINY_CORE_KWARGS["ssast"]
 
 
 def small(kind=PATCH, **kw):
-    torch.manual_seed(0)
-    return Ssast(SsastConfig(**{**kind, **SMALL, **kw})).eval()
+    """conftest's tiny SSAST in layout ``kind`` (seeded), in eval mode."""
+    return tiny_core("ssast", **{**kind, **kw}).eval()
 
 
 def rng_for(ids, seed=3, epoch=1):
@@ -277,7 +277,9 @@ def test_parameter_count_at_base_settings():
     assert total == sum(count.values()) + 768 + 2 * 768 == 87_225_344  # + mask_embed + CLS/DIST
     assert not [b for b in m.buffers()]  # no frozen tables: positions are learned
     assert abs(total / 89e6 - 1) <= 0.02
-    rules = list(m.paper_parameter_count().values())
+    from maeast_fairseq.cli.params import paper_parameter_count
+
+    rules = list(paper_parameter_count(m).values())
     assert rules == [85_649_664, 87_225_344, 87_225_344 + 2 * (768 * 1000 + 1000)]
     assert abs(rules[-1] / 89e6 - 1) <= 0.003  # 88.76M: the README's 89M within 0.3 %
 
@@ -289,6 +291,7 @@ def test_core_imports_without_fairseq():
 
 
 # ------------------------------------------------------------------------------------------------- fairseq CLI
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["ssast_patch_tiny", "ssast_frame_tiny"])
 def test_tiny_config_overfits_through_hydra_train(config, overfit_set, tmp_path, monkeypatch):
     """~9 s each on 2 CPU cores. One intra-op thread: with two OpenMP threads on two shared cores a busy machine

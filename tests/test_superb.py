@@ -1,6 +1,7 @@
 """SUPERB-style evaluation (maeast-evaluate): heads, the pooled-feature cache, k-fold rule, the command end to end."""
 import json
 import os
+import statistics
 import subprocess
 
 import numpy as np
@@ -183,8 +184,12 @@ def test_average_precision_by_hand():
     target = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 0]])
     # class 0: positives at ranks 1 and 3 -> (1/1 + 2/3) / 2; class 1: one positive at rank 2 -> 1/2
     ap = average_precision(scores, target)
-    assert torch.allclose(ap, torch.tensor([(1 + 2 / 3) / 2, 0.5]))
+    assert torch.allclose(ap, torch.tensor([(1 + 2 / 3) / 2, 0.5], dtype=torch.float64))
     assert mean_average_precision(scores, target) == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2)
+    # one definition for the project (maeast_fairseq.core.metrics, fractions, tied scores one threshold)
+    from maeast_fairseq.core import metrics
+
+    assert (average_precision, mean_average_precision) == (metrics.average_precision, metrics.mean_average_precision)
 
 
 def test_shuffle_is_a_permutation_independent_of_the_class():
@@ -225,6 +230,7 @@ def test_shuffled_labels_stay_near_chance(tones, tmp_path):
     assert abs(out["test"]["mean"] - out["chance"]) <= 0.10, (out["test"], out["chance"])
 
 
+@pytest.mark.slow
 def test_pretrained_checkpoint_and_random_init(tones, tiny_checkpoint, tmp_path):
     out = evaluate(tmp_path, str(tiny_checkpoint), tones, "--steps", "300")
     assert out["test"]["mean"] >= 0.95, out["test"]
@@ -257,3 +263,59 @@ def test_kfold_hear_mlp(tones, tmp_path):
         assert f["sizes"] == {"train": 32, "valid": 16, "test": 16}
     assert out["test"]["split"] == "4-fold cross-validation" and 0 <= out["test"]["mean"] <= 1
     assert out["test"]["mean"] > out["chance"] + 0.3
+
+
+def test_kfold_summary_separates_fold_and_seed_spread_per_class_and_figure(tones, tmp_path):
+    out = evaluate(tmp_path, "logmel", tones, "--folds", "4", "--fold-file", str(tones / "folds.txt"),
+                   "--fold-split", "train", "--steps", "40", "--eval-every", "20", "--seeds", "0,1",
+                   "--shuffle-labels")  # the control: scores that differ between folds and seeds
+    t = out["test"]
+    values = [f["test"]["values"] for f in out["folds"]]  # [fold][seed]
+    fold_means = [statistics.fmean(v) for v in values]
+    seed_means = [statistics.fmean(v[s] for v in values) for s in range(2)]
+    assert [p["mean"] for p in t["per_fold"]] == pytest.approx(fold_means)
+    assert [p["values"] for p in t["per_fold"]] == values
+    assert t["mean"] == pytest.approx(statistics.fmean(sum(values, [])))
+    assert t["std_over_folds"] == pytest.approx(statistics.stdev(fold_means))
+    assert t["std_over_seeds"] == pytest.approx(statistics.stdev(seed_means)) and t["std"] == t["std_over_seeds"]
+    assert (t["n_folds"], t["n_seeds"]) == (4, 2)
+    assert (t["min_fold"], t["max_fold"]) == (pytest.approx(min(fold_means)), pytest.approx(max(fold_means)))
+    # per class: a confusion matrix over every test clip of every fold, for both seeds
+    pc = out["per_class"]
+    conf = np.array(pc["confusion"])
+    assert conf.shape == (8, 8) and conf.sum() == 2 * 64 and (conf.sum(1) == 2 * 8).all()
+    assert np.trace(conf) / conf.sum() == pytest.approx(t["mean"])  # equal-sized folds: the same accuracy
+    for j, row in enumerate(pc["classes"]):
+        assert row["support"] == 8 and row["recall"] == pytest.approx(conf[j, j] / conf[j].sum())
+    assert out["figure"] == str(tmp_path / "out.png") and (tmp_path / "out.png").stat().st_size > 0
+
+
+def test_single_split_reports_per_class_scores(tones, tmp_path):
+    out = evaluate(tmp_path, "logmel", tones, "--steps", "100", "--seeds", "0", "--png", str(tmp_path / "f.png"))
+    pc = out["per_class"]
+    conf = np.array(pc["confusion"])
+    assert conf.sum() == SIZES["test"] and np.trace(conf) / conf.sum() == pytest.approx(out["test"]["mean"])
+    assert [r["class"] for r in pc["classes"]] == list(PITCHES)
+    assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_per_class_scores_by_hand():
+    # 2 seeds x 4 clips x 3 classes; true classes 0, 0, 1, 2
+    y = torch.tensor([0, 0, 1, 2])
+    scores = torch.zeros(2, 4, 3)
+    for s, predicted in enumerate(([0, 1, 1, 1], [0, 0, 1, 0])):
+        scores[s, torch.arange(4), torch.tensor(predicted)] = 1.0
+    pc = cli.per_class_scores(scores, y, ["a", "b", "c"], multilabel=False)
+    assert pc["confusion"] == [[3, 1, 0], [0, 2, 0], [1, 1, 0]]  # rows true, columns predicted, both seeds
+    a, b, c = pc["classes"]
+    assert (a["support"], a["recall"], a["precision"]) == (2, 3 / 4, 3 / 4) and a["f1"] == pytest.approx(3 / 4)
+    assert (b["recall"], b["precision"]) == (1.0, 2 / 4) and b["f1"] == pytest.approx(2 / 3)
+    assert (c["recall"], c["precision"], c["f1"]) == (0.0, None, None)  # never predicted: no precision
+    # multi-label: AP per class, mean over the seeds; None for a class without positives
+    targets = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    ml = torch.tensor([[[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.1, 0.7, 0.5]],
+                       [[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.8, 0.7, 0.5]]])
+    rows = cli.per_class_scores(ml, targets, ["x", "y", "z"], multilabel=True)["classes"]
+    # class x: seed 0 ranks the positives 1st and 3rd -> (1 + 2/3) / 2; seed 1 ranks them 1st and 2nd -> 1
+    assert rows[0]["ap"] == pytest.approx(((1 + 2 / 3) / 2 + 1) / 2) and rows[0]["support"] == 2
+    assert rows[1]["ap"] == pytest.approx(1.0) and rows[2]["ap"] is None and rows[2]["support"] == 0

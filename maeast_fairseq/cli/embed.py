@@ -82,7 +82,10 @@ def main(argv=None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
-    model = load_pretrained(args.checkpoint).to(device).eval()
+    try:
+        model = load_pretrained(args.checkpoint).to(device).eval()
+    except (OSError, ValueError) as err:  # missing file, not a checkpoint, a checkpoint of another model
+        raise SystemExit(f"[{PROG}] cannot load {args.checkpoint}: {err}") from None
     log(f"{model.name} model from {args.checkpoint} on {device}: {model.num_hidden_states} hidden states, "
         f"D={model.embed_dim}, {model.frame_rate:g} frames/s, pooling {args.pooling or model.default_pooling}")
     if args.pooling == "cls" and not model.has_cls:

@@ -14,7 +14,7 @@
 ``--random-seed``) or ``logmel`` (the normalised log-mel frames). ``DIR`` holds manifests ``{split}.tsv`` with aligned
 labels ``{split}.lbl`` (and optionally ``labels.txt``), as written by ``maeast-manifest --labels-from``.
 
-Protocols (EVAL.md):
+Protocols:
 
 * ``superb`` (default): frozen upstream, weighted sum of all layers (softmax over zero-initialised weights), head
   ``Linear(D, 256)`` -> mean over valid frames -> ``Linear(256, C)``, Adam lr 1e-4, gradient clipping 1.0, the
@@ -23,8 +23,11 @@ Protocols (EVAL.md):
   [Linear 1024 -> BatchNorm -> Dropout 0.1 -> ReLU] -> Linear(C)), Adam lr 1e-3, selection on validation.
 
 ``--folds K``: k-fold mode on manifests ``fold1 .. foldK`` (or one manifest ``--fold-split`` plus a ``--fold-file``
-with one fold id per clip): for test fold k, fold (k + 1) mod K validates and the others train; the mean test
-metric over the folds is reported.
+with one fold id per clip; ``maeast-manifest --folds K --group-by ...`` writes fold manifests of whole groups): for
+test fold k, fold (k + 1) mod K validates and the others train. The result is the mean over the folds and head seeds
+with two spreads kept apart: over the folds (sample std of the per-fold means: how much the score depends on which
+clips are tested) and over the head seeds (sample std of the per-seed means: the noise of head training), plus every
+fold's own scores.
 
 ``--shuffle-labels`` is a control: the training and dev labels are replaced by a permutation that carries no
 information about the true class (every class receives every label in equal shares); test labels are kept, so the
@@ -35,8 +38,10 @@ either, since selecting on the true dev labels then picks the lucky checkpoint.)
 Features are extracted once per (upstream, split) and cached as each clip's mean over its valid frames, per layer:
 exact for both heads because they are linear up to the mean (see :mod:`maeast_fairseq.evaluation.superb`), which is
 why a head trains in seconds. A table is printed and, with ``--json``, written with every number labelled by its
-protocol, upstream, data, split sizes, seeds and metric. Single-label data gives accuracy; multi-label (a ``.lbl``
-line with several labels, or ``--multilabel``) gives mAP. These are frozen-protocol numbers on your data: never put
+protocol, upstream, data, split sizes, seeds and metric, with per-class scores (multi-class: recall, precision, F1
+and the confusion matrix summed over the seeds and folds; multi-label: AP) and a PNG (``--png``, default next to
+``--json``: the weighted sum's per-layer weights and the confusion matrix). Single-label data gives accuracy;
+multi-label (a ``.lbl`` line with several labels, or ``--multilabel``) gives mAP. These are frozen-protocol numbers on your data: never put
 them beside the papers' fine-tuned numbers as equals.
 """
 from __future__ import annotations
@@ -54,8 +59,9 @@ from maeast_fairseq.data.manifest import (LABEL_LIST_NAME, ManifestError, label_
                                           read_labels, read_manifest, resolve_manifest)
 from maeast_fairseq.evaluation.features import (STATS, ExtractOptions, FeatureCache, default_cache_dir,
                                                 load_upstream)
-from maeast_fairseq.evaluation.superb import (PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, chance_level,
-                                              fold_roles, mean_std, metric_name, protocol_label, run_protocol)
+from maeast_fairseq.evaluation.superb import (PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, average_precision,
+                                              chance_level, fold_roles, mean_std, metric_name, protocol_label,
+                                              run_protocol)
 
 NOT_COMPARABLE = ("frozen-upstream numbers on the data named here; not comparable to the papers' fine-tuned "
                   "results (AS-20K, ESC-50, SPC, ...) nor to the SUPERB leaderboard unless the data is the same")
@@ -113,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch CPU threads while this command runs (0: torch's default; 1 is often fastest for "
                         "the small heads on a busy machine)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--png", default=None,
+                   help="write a figure here: the per-layer weights of the weighted sum and the confusion matrix "
+                        "(multi-class) or per-class AP (multi-label); default: the --json path with .png, if given")
     p.add_argument("--quiet", action="store_true", help="no per-run lines")
     return p
 
@@ -222,6 +231,95 @@ def _weights_line(weights: Optional[List[float]]) -> str:
     return "  ".join(f"h{i}={w:.3f}" for i, w in enumerate(weights))
 
 
+def per_class_scores(scores: Optional[torch.Tensor], y: torch.Tensor, classes: List[str],
+                     multilabel: bool) -> Optional[Dict]:
+    """Per-class scores of the selected heads from their test logits ``scores (S, N, C)`` (S head seeds).
+
+    Multi-class: the confusion matrix summed over the seeds (rows: true class, columns: predicted), and per class
+    its support (test clips), recall (= per-class accuracy), precision and F1 from that matrix. Multi-label: per
+    class the support (positive clips) and AP, mean over the seeds (``None`` for a class with no positive)."""
+    if scores is None:
+        return None
+    y = y.cpu()
+    n_classes = len(classes)
+    if multilabel:
+        ap = torch.stack([average_precision(s, y) for s in scores])  # (S, C)
+        ap_mean = ap.mean(0)
+        return {"metric": "AP", "seeds": int(scores.shape[0]),
+                "classes": [{"class": c, "support": int(y[:, j].sum()),
+                             "ap": None if torch.isnan(ap_mean[j]) else float(ap_mean[j])}
+                            for j, c in enumerate(classes)]}
+    pred = scores.argmax(-1)  # (S, N)
+    confusion = torch.bincount((y.unsqueeze(0) * n_classes + pred).flatten(),
+                               minlength=n_classes * n_classes).view(n_classes, n_classes)
+    true_count, pred_count, hits = confusion.sum(1), confusion.sum(0), confusion.diagonal()
+    rows = []
+    for j, c in enumerate(classes):
+        recall = float(hits[j] / true_count[j]) if true_count[j] else None
+        precision = float(hits[j] / pred_count[j]) if pred_count[j] else None
+        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
+              (0.0 if precision is not None and recall is not None else None))
+        rows.append({"class": c, "support": int(true_count[j]) // int(scores.shape[0]), "recall": recall,
+                     "precision": precision, "f1": f1})
+    return {"metric": "accuracy", "seeds": int(scores.shape[0]), "classes": rows,
+            "confusion": confusion.tolist(),
+            "confusion_rule": "rows: true class, columns: predicted class, counts summed over the head seeds"}
+
+
+def write_figure(out: Dict, path: str) -> Optional[str]:
+    """A PNG: the weighted sum's per-layer weights (mean over seeds, and folds) beside the confusion matrix (multi-class,
+    row-normalised) or the per-class AP (multi-label). Needs matplotlib (``pip install matplotlib``)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("maeast-evaluate: no figure: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return None
+    weights = out["result"]["layer_weights"]["mean_over_seeds"]
+    per_class = out.get("per_class")
+    fig, (ax_w, ax_c) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.3]})
+    if weights is None:
+        ax_w.text(0.5, 0.5, "one fixed layer (--layer): no weights", ha="center", va="center")
+        ax_w.set_axis_off()
+    else:
+        ax_w.bar(range(len(weights)), weights, color="tab:blue")
+        ax_w.set_xticks(range(len(weights)))
+        ax_w.axhline(1 / len(weights), color="gray", lw=0.8, ls="--", label="uniform (the initial weights)")
+        ax_w.set_xlabel("layer (0 = the input to the first block)")
+        ax_w.set_ylabel("softmax weight")
+        ax_w.set_title("weighted-sum layer weights" + (" (mean over seeds and folds)" if "folds" in out else
+                                                        " (mean over seeds)"))
+        ax_w.legend(loc="upper right", fontsize=8)
+    classes = out["classes"]
+    if per_class is None:
+        ax_c.set_axis_off()
+    elif "confusion" in per_class:
+        conf = torch.tensor(per_class["confusion"], dtype=torch.float64)
+        norm = conf / conf.sum(1, keepdim=True).clamp(min=1)
+        im = ax_c.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+        ax_c.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+        ax_c.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax_c.set_xlabel("predicted")
+        ax_c.set_ylabel("true")
+        ax_c.set_title("confusion matrix (row-normalised, all seeds" + (", all folds)" if "folds" in out else ")"))
+        fig.colorbar(im, ax=ax_c, fraction=0.046)
+    else:
+        aps = [r["ap"] if r["ap"] is not None else float("nan") for r in per_class["classes"]]
+        ax_c.barh(range(len(classes)), aps, color="tab:orange")
+        ax_c.set_yticks(range(len(classes)), classes, fontsize=7)
+        ax_c.set_xlabel("AP (mean over seeds)")
+        ax_c.set_title("per-class average precision")
+    res = out["test"]
+    fig.suptitle(f"{out['upstream']['spec']} | {out['protocol']} | test {out['metric']} "
+                 f"{100 * res['mean']:.2f} % ({res['split']})", fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     threads = torch.get_num_threads()
@@ -246,6 +344,12 @@ def _main(args) -> int:
         label += " | CONTROL: train/dev labels shuffled"
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     data = os.path.abspath(args.data)
+
+    checkpoint = args.upstream[len("random:"):] if args.upstream.startswith("random:") else args.upstream
+    if args.upstream != "logmel" and not os.path.exists(checkpoint):
+        print(f"maeast-evaluate: upstream {args.upstream!r}: no such checkpoint file ({os.path.abspath(checkpoint)}); "
+              "give 'logmel', 'random:CKPT' or a checkpoint path", file=sys.stderr)
+        return 2
 
     # -- data ------------------------------------------------------------------------------------------------------
     try:
@@ -274,8 +378,12 @@ def _main(args) -> int:
 
     # -- features ---------------------------------------------------------------------------------------------------
     log(f"upstream {args.upstream} on {device}")
-    upstream = load_upstream(args.upstream, random_seed=args.random_seed, device=str(device),
-                             chunk_seconds=args.chunk_seconds)
+    try:
+        upstream = load_upstream(args.upstream, random_seed=args.random_seed, device=str(device),
+                                 chunk_seconds=args.chunk_seconds)
+    except (OSError, ValueError) as err:  # missing file, not a checkpoint, a checkpoint of another model
+        print(f"maeast-evaluate: cannot load the upstream {args.upstream}: {err}", file=sys.stderr)
+        return 2
     cache = FeatureCache(None if args.no_cache else (args.cache or default_cache_dir()))
     opts = ExtractOptions(batch_size=args.extract_batch_size, layer_norm=args.layer_norm, dtype=args.cache_dtype)
     feats, cache_info = [], {}
@@ -322,6 +430,7 @@ def _main(args) -> int:
         out["splits"] = {role: {"split": s["name"], "manifest": s["tsv"], "clips": len(s["paths"])}
                          for role, s in zip(("train", "dev", "test"), sources)}
         res = run(feats[0], ys[0], feats[1], ys[1], feats[2], ys[2])
+        out["per_class"] = per_class_scores(res.pop("test_scores"), ys[2], classes, multilabel)
         chance = chance_level(ys[0], ys[2], multilabel)
         out.update(result=res, **chance)
         out["test"] = {"protocol": label, "upstream": upstream.spec, "data": data, "split": names[2],
@@ -330,6 +439,7 @@ def _main(args) -> int:
         folds = []
         per_seed: Dict[int, List[float]] = {s: [] for s in args.seeds}
         chances = []
+        test_scores, test_targets = [], []
         for k in range(args.folds):
             roles = fold_roles(k, args.folds)
 
@@ -344,6 +454,8 @@ def _main(args) -> int:
             log(f"  fold {k + 1}/{args.folds}: test {fold_names[k]}, valid {fold_names[roles['valid'][0]]}, "
                 f"train {', '.join(fold_names[f] for f in roles['train'])}")
             res = run(trx, tr_y, dvx, dv_y, tex, te_y)
+            test_scores.append(res.pop("test_scores"))
+            test_targets.append(te_y)
             chance = chance_level(tr_y, te_y, multilabel)
             chances.append(chance["chance"])
             for seed, v in zip(args.seeds, res["test"]["values"]):
@@ -353,6 +465,8 @@ def _main(args) -> int:
                           "sizes": {"train": len(tr_y), "valid": len(dv_y), "test": len(te_y)},
                           "chance": chance["chance"], **res})
         seed_means = [sum(v) / len(v) for v in per_seed.values()]
+        fold_means = [sum(f["test"]["values"]) / len(f["test"]["values"]) for f in folds]
+        over_folds, over_seeds = mean_std(fold_means), mean_std(seed_means)
         out["folds"] = folds
         out["splits"] = {"folds": fold_names, "clips": [len(fold_index[k]) if args.fold_file else
                                                         len(sources[k]["paths"]) for k in range(args.folds)]}
@@ -360,8 +474,19 @@ def _main(args) -> int:
         out["chance_rule"] = chance_level(ys[0], ys[0], multilabel)["chance_rule"] + " (mean over folds)"
         out["test"] = {"protocol": label, "upstream": upstream.spec, "data": data,
                        "split": f"{args.folds}-fold cross-validation", "metric": metric,
-                       **mean_std(seed_means), "values": seed_means,
-                       "aggregation": "per head seed: mean test metric over the folds; then mean ± std over seeds"}
+                       **over_seeds, "values": seed_means,
+                       "std_over_folds": over_folds["std"], "std_over_seeds": over_seeds["std"],
+                       "n_folds": args.folds, "n_seeds": len(args.seeds),
+                       "min_fold": min(fold_means), "max_fold": max(fold_means),
+                       "per_fold": [{"fold": f["test_fold"], "mean": m, "std": f["test"]["std"],
+                                     "values": f["test"]["values"]} for f, m in zip(folds, fold_means)],
+                       "aggregation": "mean over the folds and head seeds. std_over_folds: sample std of the "
+                                      "per-fold means (each over the seeds): how much the score depends on which "
+                                      "clips are tested. std_over_seeds (= std): sample std of the per-seed means "
+                                      "(each over the folds): the noise of head training"}
+        if all(t is not None for t in test_scores):
+            out["per_class"] = per_class_scores(torch.cat(test_scores, dim=1), torch.cat(test_targets), classes,
+                                                multilabel)
         w = [f["layer_weights"]["mean_over_seeds"] for f in folds]
         out["result"] = {"layer_weights": {"mean_over_seeds": None if w[0] is None else
                                            [sum(c) / len(c) for c in zip(*w)], "per_fold": w}}
@@ -369,6 +494,12 @@ def _main(args) -> int:
     out["extracted_splits"], out["cache_hits"] = STATS["extracted"], STATS["cache_hits"]
 
     print_report(out, args)
+    png = args.png or (os.path.splitext(args.json)[0] + ".png" if args.json else None)
+    if png:
+        written = write_figure(out, png)
+        if written:
+            out["figure"] = written
+            print(f"figure written to {written}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -409,10 +540,30 @@ def print_report(out: Dict, args) -> None:
         for p in r["per_lr"]:
             sel = "  <- selected on dev" if p["lr"] == r["selected_lr"] else ""
             print(f"{p['lr']:>8.0e}  {_ms(p['dev']):>18}  {_ms(p['test']):>18}{sel}")
+    pc = out.get("per_class")
+    if pc is not None:
+        if "confusion" in pc:
+            print(f"\n{'class':<20}{'clips':>7}{'recall %':>10}{'precision %':>13}{'F1 %':>8}   (test, all seeds"
+                  f"{', all folds' if 'folds' in out else ''})")
+            for r in pc["classes"]:
+                cells = [("-" if r[k] is None else f"{100 * r[k]:.1f}") for k in ("recall", "precision", "f1")]
+                print(f"{r['class'][:19]:<20}{r['support']:>7}{cells[0]:>10}{cells[1]:>13}{cells[2]:>8}")
+        else:
+            print(f"\n{'class':<20}{'positives':>10}{'AP %':>8}   (test, mean over seeds)")
+            for r in pc["classes"]:
+                ap = "-" if r["ap"] is None else f"{100 * r['ap']:.1f}"
+                print(f"{r['class'][:19]:<20}{r['support']:>10}{ap:>8}")
     res = out["test"]
-    print(f"\nRESULT [{label}] upstream={up['spec']} data={out['data']} ({res['split']}): "
-          f"test {m} = {_pct(res['mean']).strip()} ± {100 * res['std']:.2f} % "
-          f"(mean ± std over {res['n']} head seed(s))")
+    if "folds" in out:
+        print(f"\nRESULT [{label}] upstream={up['spec']} data={out['data']} ({res['split']}): "
+              f"test {m} = {_pct(res['mean']).strip()} %, "
+              f"± {100 * res['std_over_folds']:.2f} over {res['n_folds']} folds "
+              f"(fold means {_pct(res['min_fold']).strip()} .. {_pct(res['max_fold']).strip()}), "
+              f"± {100 * res['std_over_seeds']:.2f} over {res['n_seeds']} head seed(s) (sample std)")
+    else:
+        print(f"\nRESULT [{label}] upstream={up['spec']} data={out['data']} ({res['split']}): "
+              f"test {m} = {_pct(res['mean']).strip()} ± {100 * res['std']:.2f} % "
+              f"(mean ± std over {res['n']} head seed(s))")
     print(f"chance : {_pct(out['chance']).strip()} % ({out['chance_rule']})")
     lw = out["result"]["layer_weights"]["mean_over_seeds"]
     print(f"layer weights (softmax, mean over seeds{' and folds' if 'folds' in out else ''}): {_weights_line(lw)}")

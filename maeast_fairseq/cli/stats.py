@@ -36,8 +36,8 @@ import torch
 
 from maeast_fairseq.audio import AudioError, load_audio
 from maeast_fairseq.data.manifest import ManifestEntry, ManifestError, map_in_threads, read_manifest, resolve_manifest
-from maeast_fairseq.fbank import WINDOW_TYPES, Fbank
-from maeast_fairseq.frontend import FrontendConfig, collate_features, fbank_config
+from maeast_fairseq.fbank import WINDOW_TYPES
+from maeast_fairseq.frontend import Frontend, FrontendConfig
 
 PROG = "maeast-stats"
 #: How many skipped clips to name in the report.
@@ -84,22 +84,15 @@ def choose_clips(entries: Sequence[ManifestEntry], max_clips: int | None, seed: 
     return [entries[i] for i in picked]
 
 
-def clip_features(wav: torch.Tensor, fbank: Fbank, frontend: FrontendConfig) -> torch.Tensor:
-    """Log-mel frames ``(T, bins)`` of one waveform, as the training dataset computes them."""
-    if frontend.subtract_waveform_mean:
-        wav = wav - wav.mean()
-    feats, _ = fbank(wav)
-    return feats
-
-
 def compute_stats(entries: Sequence[ManifestEntry], frontend: FrontendConfig, *, target_frames: int | None = None,
                   workers: int = 4, progress_every: int = 500) -> dict:
     """Mean / std of the log-mel values of ``entries``; returns a dict (see :func:`main` for the keys)."""
-    fbank = Fbank(fbank_config(frontend))
+    # log-mel frames of one waveform as the training dataset computes them
+    frontend_module = Frontend(frontend)
     fixed = None
     if target_frames is not None:
         # The dataset's own 'fixed' length policy, without normalisation.
-        fixed = dataclasses.replace(frontend, norm="none", length_policy="fixed", target_frames=target_frames)
+        fixed = Frontend(dataclasses.replace(frontend, norm="none", length_policy="fixed", target_frames=target_frames))
 
     def load(entry: ManifestEntry) -> torch.Tensor | str:
         try:
@@ -115,13 +108,13 @@ def compute_stats(entries: Sequence[ManifestEntry], frontend: FrontendConfig, *,
         if isinstance(wav, str):
             skipped.append((entry, wav))
         else:
-            feats = clip_features(wav, fbank, frontend)
+            feats = frontend_module.log_mel(wav)
             if feats.shape[0] == 0:
                 skipped.append((entry, f"{wav.numel()} samples at {frontend.sample_rate} Hz give no full frame"))
             else:
                 real_frames += feats.shape[0]
                 if fixed is not None:
-                    padded, _, _ = collate_features([feats], fixed)
+                    padded, _, _ = fixed.collate([feats])
                     feats = padded[0]
                 moments.add(feats)
         if progress_every > 0 and (done % progress_every == 0 or done == len(entries)):

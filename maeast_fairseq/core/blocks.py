@@ -144,7 +144,8 @@ class TransformerStack(nn.Module):
 
     post-LN: ``LayerNorm`` on the input, then the blocks (MAE-AST, EAT);  pre-LN: blocks then a final ``LayerNorm``
     (SSAST). ``layerdrop`` skips whole layers in training (MAE-AST uses 0.05); ``drop_path`` rises linearly from 0 to
-    the given rate over the depth (used in fine-tuning).
+    the given rate over the depth (used in fine-tuning). :meth:`configure` changes these rates (and the dropouts)
+    of a built stack.
     """
 
     def __init__(
@@ -166,18 +167,41 @@ class TransformerStack(nn.Module):
         super().__init__()
         self.norm_first = norm_first
         self.layerdrop = layerdrop
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
         self.blocks = nn.ModuleList(
             TransformerBlock(
                 dim, num_heads, ffn_dim, norm_first=norm_first, qkv_bias=qkv_bias, dropout=dropout,
-                attention_dropout=attention_dropout, activation_dropout=activation_dropout, drop_path=r,
-                norm_eps=norm_eps,
+                attention_dropout=attention_dropout, activation_dropout=activation_dropout, norm_eps=norm_eps,
             )
-            for r in rates
+            for _ in range(depth)
         )
         self.input_norm = None if norm_first else nn.LayerNorm(dim, eps=norm_eps)
         self.final_norm = nn.LayerNorm(dim, eps=norm_eps) if norm_first else None
         self.input_dropout = nn.Dropout(dropout)
+        self.configure(drop_path=drop_path)
+
+    def configure(self, *, dropout: Optional[float] = None, attention_dropout: Optional[float] = None,
+                  activation_dropout: Optional[float] = None, drop_path: Optional[float] = None,
+                  layerdrop: Optional[float] = None) -> None:
+        """Set the regularisation of the stack and all its blocks (fine-tuning overrides); ``None`` keeps a value.
+
+        ``dropout`` applies to the blocks' residual branches and to the stack's input; ``drop_path`` rises linearly
+        over the depth, ``rate * i / (L - 1)`` for block ``i`` of ``L`` (0 on the first block, ``rate`` on the last;
+        ``rate`` for a single block); ``layerdrop`` is the probability of skipping a whole block in training.
+        """
+        if layerdrop is not None:
+            self.layerdrop = float(layerdrop)
+        if dropout is not None:
+            self.input_dropout.p = float(dropout)
+        depth = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            if drop_path is not None:
+                block.drop_path.p = float(drop_path) * i / (depth - 1) if depth > 1 else float(drop_path)
+            if dropout is not None:
+                block.dropout.p = float(dropout)
+            if attention_dropout is not None:
+                block.attn.attention_dropout = float(attention_dropout)
+            if activation_dropout is not None:
+                block.ffn.activation_dropout.p = float(activation_dropout)
 
     def forward(
         self,

@@ -1,30 +1,28 @@
 """Fine-tuning a pretrained encoder (MAE-AST, SSAST or EAT) for clip classification, in pure torch.
 
-This module holds everything of the fine-tuning recipe that is not fairseq plumbing, so it can be tested and used
-without fairseq (the ``maeast_classifier`` fairseq model is :class:`AudioClassifier` + a thin shell, and
-``maeast-predict`` rebuilds it from a checkpoint with no fairseq import):
+This module holds the fine-tuning recipe that is not fairseq plumbing, so it can be tested and used without fairseq
+(the ``maeast_classifier`` fairseq model is :class:`AudioClassifier` + a thin shell; ``maeast-predict`` rebuilds it
+from a checkpoint with no fairseq import):
 
-* metrics: :func:`accuracy`, :func:`average_precision` and :func:`mean_average_precision` (per-class AP as
-  scikit-learn's ``average_precision_score``, averaged over the classes that have at least one positive);
-* augmentation inside the model's training forward: batch-mode :func:`mixup` (one ``lambda ~ Beta(a, a)`` per batch,
-  pairs = the batch flipped, labels mixed; EAT / timm ``Mixup(mode='batch')``) and iid :func:`spec_augment` (one
-  frequency and one time mask per clip, sized by ratios, torchaudio's ``mask_along_axis_iid`` rule), both vectorised;
-* encoder surgery: drop the pretraining-only modules (decoders, heads, EMA teacher), dropout / layerdrop overrides,
-  drop path rising linearly ``0 .. rate`` over the blocks, SSAST's overlapping fine-tuning patches with its
-  positional-embedding crop / interpolation (:func:`apply_patch_strides`);
+* encoder surgery (:func:`prepare_encoder`): drop the pretraining-only modules (the core model's own
+  ``remove_pretraining_modules``), dropout / layerdrop overrides and drop path rising linearly ``0 .. rate`` over
+  the blocks (:meth:`~maeast_fairseq.core.blocks.TransformerStack.configure`), SSAST's overlapping fine-tuning
+  patches with its positional-embedding crop / interpolation (:func:`apply_patch_strides`);
 * layer-wise learning-rate decay (:func:`layer_scales`): ``blocks_only`` (EAT: block ``i`` of ``L`` gets
-  ``decay^(L-i)``, the stem keeps 1, SYSTEMS.md trap 14) or ``beit`` (the stem also decays, to ``decay^(L+1)``);
+  ``decay^(L-i)``, the stem keeps 1, decision D14) or ``beit`` (the stem also decays, to ``decay^(L+1)``);
   :func:`param_groups` turns them into torch optimizer groups, :func:`tag_parameters` into fairseq's per-parameter
   ``optim_overrides`` for its ``composite`` optimizer;
 * :class:`AudioClassifier`: encoder + pooling (``mean`` over valid tokens or ``cls``) + ``LayerNorm -> Linear`` head
-  (trunc-normal 0.02, bias 0), and the checkpoint builders :func:`classifier_from_pretrained` /
-  :func:`classifier_from_state`.
+  (trunc-normal 0.02, bias 0), with mixup and SpecAugment (:mod:`~maeast_fairseq.core.augment`) in training.
+
+Elsewhere: the metrics in :mod:`~maeast_fairseq.core.metrics`; the checkpoint builders
+(``classifier_from_pretrained`` / ``classifier_from_state``) beside the strict loader in
+:mod:`maeast_fairseq.checkpoint`.
 
 Conventions: targets are float ``(B, C)`` multi-hot rows (one-hot for single-label data), so mixup works the same
-for both; accuracy and mAP are returned in percent.
+for both.
 """
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -33,145 +31,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import mixup, spec_augment
+from .base import POOLINGS
 from .blocks import TransformerStack
 from .positions import LearnedPositions
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("auto", "mean", "cls")
+#: ``model.pooling`` values: 'auto' = the encoder's default (``CoreModel.default_pooling``)
+CLASSIFIER_POOLINGS = ("auto",) + POOLINGS
 LAYER_DECAY_RULES = ("blocks_only", "beit")
+#: optimizer group of the parameters without weight decay (1-D parameters and biases, :func:`no_weight_decay`)
 NO_DECAY_GROUP = "no_decay"
 CLASSIFIER_NAME = "maeast_classifier"
 
-# modules only pretraining needs, for cores without a ``remove_pretraining_modules`` method (EAT has one)
-PRETRAINING_ONLY = {
-    "MaeAst": ("decoder", "post_encoder_proj", "decoder_mask_embed", "reconstruction_head", "classification_head"),
-    "Ssast": ("mask_embed", "cpred", "gpred"),
-}
-
-
-# ------------------------------------------------------------------------------------------------------- metrics
-def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
-    """Top-1 accuracy in percent. ``target``: class indices (B,) or (soft / one-hot) rows (B, C) -> their argmax."""
-    if target.dim() == 2:
-        target = target.argmax(dim=-1)
-    if logits.shape[0] == 0:
-        return float("nan")
-    return float((logits.argmax(dim=-1) == target).float().mean() * 100.0)
-
-
-def average_precision(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-class average precision (C,), NaN for classes without a positive.
-
-    ``scores`` (N, C) any monotone scores (logits or probabilities); ``targets`` (N, C) 0/1. Same definition as
-    scikit-learn's ``average_precision_score``: ``AP = sum_k (R_k - R_{k-1}) P_k`` over the distinct score thresholds
-    in decreasing order, tied scores forming one threshold. Vectorised over the classes (one sort).
-    """
-    scores = scores.detach().double()
-    targets = (targets.detach() > 0.5).double()
-    n, c = scores.shape
-    if n == 0:
-        return torch.full((c,), float("nan"), dtype=torch.float64)
-    s, order = torch.sort(scores, dim=0, descending=True)
-    y = torch.gather(targets, 0, order)
-    tp = torch.cumsum(y, dim=0)
-    seen = torch.arange(1, n + 1, dtype=torch.float64, device=scores.device)[:, None]
-    # last row of every group of tied scores = one threshold
-    last = torch.ones_like(s, dtype=torch.bool)
-    last[:-1] = s[1:] != s[:-1]
-    tp_at = torch.where(last, tp, torch.zeros_like(tp))
-    prev = torch.cummax(tp_at, dim=0).values  # tp is non-decreasing: the tp of the latest threshold so far
-    prev = torch.cat([torch.zeros_like(prev[:1]), prev[:-1]], dim=0)
-    n_pos = tp[-1]
-    gain = torch.where(last, tp - prev, torch.zeros_like(tp)) * (tp / seen)
-    ap = gain.sum(dim=0) / n_pos.clamp(min=1)
-    return torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan")))
-
-
-def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """mAP in percent: the mean of :func:`average_precision` over the classes with at least one positive (EAT's
-    ``nanmean``); NaN when no class has a positive."""
-    ap = average_precision(scores, targets)
-    ap = ap[~torch.isnan(ap)]
-    return float(ap.mean() * 100.0) if ap.numel() else float("nan")
-
-
-# -------------------------------------------------------------------------------------------------- augmentation
-def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float, prob: float = 1.0,
-          frame_padding: Optional[torch.Tensor] = None):
-    """Batch-mode mixup: with probability ``prob`` draw one ``lam ~ Beta(alpha, alpha)`` and mix every clip with the
-    clip at the mirrored batch position (``x.flip(0)``); labels are mixed the same way (no label smoothing here).
-    Draws from torch's global generator (fairseq seeds it per update).
-
-    A frame of the mix is padding only when it is padding in both clips. Returns ``(x, target, frame_padding, lam)``
-    (``lam = 1.0`` when nothing was mixed).
-    """
-    if alpha <= 0 or prob <= 0 or x.shape[0] < 2:
-        return x, target, frame_padding, 1.0
-    if float(torch.rand(())) >= prob:
-        return x, target, frame_padding, 1.0
-    lam = float(torch.distributions.Beta(float(alpha), float(alpha)).sample())
-    x = x * lam + x.flip(0) * (1.0 - lam)
-    target = target * lam + target.flip(0) * (1.0 - lam)
-    if frame_padding is not None:
-        frame_padding = frame_padding & frame_padding.flip(0)
-    return x, target, frame_padding, lam
-
-
-def _mask_along(size: torch.Tensor, mask_param: torch.Tensor, length: int, generator, device) -> torch.Tensor:
-    """torchaudio ``mask_along_axis_iid`` per row: width ``w = U*param``, start ``U*(size - w)``; (B, length) bool."""
-    b = size.shape[0]
-    value = torch.rand(b, device=device, generator=generator) * mask_param
-    start = torch.rand(b, device=device, generator=generator) * (size - value).clamp(min=0)
-    lo, hi = start.long(), (start + value).long()
-    pos = torch.arange(length, device=device)[None, :]
-    return (pos >= lo[:, None]) & (pos < hi[:, None])
-
-
-def spec_augment(x: torch.Tensor, freq_ratio: float, time_ratio: float,
-                 frame_padding: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
-                 fill: float = 0.0) -> torch.Tensor:
-    """SpecAugment with iid masks: one frequency mask of width ``U[0, freq_ratio * F)`` and one time mask of width
-    ``U[0, time_ratio * T)`` per clip (EAT: ``freqm = 128 * mask_ratio``, ``timem = target_length * mask_ratio``),
-    filled with ``fill`` (0 = the mean of normalised features). ``x`` (B, T, F). With ``frame_padding`` the time
-    mask is placed (and sized) within each clip's valid frames."""
-    b, t, f = x.shape
-    keep = torch.ones(b, t, f, dtype=torch.bool, device=x.device)
-    if freq_ratio > 0:
-        fm = _mask_along(torch.full((b,), float(f), device=x.device), torch.tensor(freq_ratio * f, device=x.device),
-                         f, generator, x.device)
-        keep &= ~fm[:, None, :]
-    if time_ratio > 0:
-        valid = torch.full((b,), float(t), device=x.device)
-        if frame_padding is not None:
-            valid = (~frame_padding).sum(1).float()
-        tm = _mask_along(valid, time_ratio * valid, t, generator, x.device)
-        keep &= ~tm[:, :, None]
-    return torch.where(keep, x, torch.full_like(x, fill))
-
 
 # --------------------------------------------------------------------------------------------- encoder surgery
-def drop_pretraining_modules(core: nn.Module) -> List[str]:
-    """Remove what only pretraining uses (decoder, prediction heads, mask embeddings, EAT's EMA teacher); returns
-    the names removed with their parameter counts."""
-    before = {n: sum(p.numel() for p in m.parameters()) for n, m in core.named_children()}
-    if hasattr(core, "remove_pretraining_modules"):
-        core.remove_pretraining_modules()
-        return [f"{n} ({c:,} params)" for n, c in before.items() if getattr(core, n, None) is None]
-    removed = []
-    for name in PRETRAINING_ONLY.get(type(core).__name__, ()):
-        obj = getattr(core, name, None)
-        if obj is None:
-            continue
-        count = obj.numel() if isinstance(obj, nn.Parameter) else sum(p.numel() for p in obj.parameters())
-        setattr(core, name, None)
-        removed.append(f"{name} ({count:,} params)")
-    return removed
-
-
 def encoder_stack(core: nn.Module) -> TransformerStack:
-    """The one transformer stack of an encoder (after :func:`drop_pretraining_modules`)."""
+    """The one transformer stack of an encoder (after ``remove_pretraining_modules()``)."""
     stacks = [m for m in core.modules() if isinstance(m, TransformerStack)]
     if len(stacks) != 1:
         raise ValueError(f"{type(core).__name__}: expected one transformer stack in the encoder, found {len(stacks)} "
@@ -184,19 +62,8 @@ def configure_encoder(core: nn.Module, *, dropout: Optional[float] = None, atten
                       drop_path: float = 0.0) -> None:
     """Fine-tuning regularisation of the encoder stack: dropout overrides (None keeps the pretrained value),
     ``layerdrop`` (0 in fine-tuning), and drop path rising linearly ``0 .. drop_path`` over the blocks (EAT 0.1)."""
-    stack = encoder_stack(core)
-    stack.layerdrop = float(layerdrop)
-    n = len(stack.blocks)
-    for i, block in enumerate(stack.blocks):
-        block.drop_path.p = float(drop_path) * i / (n - 1) if n > 1 else float(drop_path)
-        if dropout is not None:
-            block.dropout.p = float(dropout)
-        if attention_dropout is not None:
-            block.attn.attention_dropout = float(attention_dropout)
-        if activation_dropout is not None:
-            block.ffn.activation_dropout.p = float(activation_dropout)
-    if dropout is not None:
-        stack.input_dropout.p = float(dropout)
+    encoder_stack(core).configure(dropout=dropout, attention_dropout=attention_dropout,
+                                  activation_dropout=activation_dropout, layerdrop=layerdrop, drop_path=drop_path)
 
 
 def _tokenizers(core: nn.Module) -> List[Tokenizer]:
@@ -292,13 +159,24 @@ def apply_patch_strides(core: nn.Module, stride_time: int = 0, stride_freq: int 
     return strides_change or regridded
 
 
+def prepare_encoder(core: nn.Module, cfg: "ClassifierConfig") -> nn.Module:
+    """A core model as the classifier's encoder: pretraining-only modules dropped, ``cfg``'s patch strides (and
+    position grid) applied, its dropout / layerdrop / drop-path set. Returns ``core``."""
+    core.remove_pretraining_modules()
+    apply_patch_strides(core, cfg.patch_stride_time, cfg.patch_stride_freq, cfg.target_frames)
+    configure_encoder(core, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
+                      activation_dropout=cfg.activation_dropout, layerdrop=cfg.encoder_layerdrop,
+                      drop_path=cfg.drop_path)
+    return core
+
+
 # ---------------------------------------------------------------------------------------------- layer-wise decay
 def layer_scales(model: nn.Module, encoder: nn.Module, decay: float, rule: str = "blocks_only") -> Dict[str, float]:
     """Learning-rate scale of every named parameter of ``model`` (which contains ``encoder``).
 
     With ``L`` blocks, block ``i`` (0-based) gets ``decay^(L-i)`` under both rules (the last block ``decay``, the
     first ``decay^L``); the head (and a pre-LN final LayerNorm) keep 1. The *stem* (patch projection, positions,
-    CLS / extra tokens, the stack's input LayerNorm) keeps 1 under ``blocks_only`` (EAT, SYSTEMS.md 4.7, trap 14)
+    CLS / extra tokens, the stack's input LayerNorm) keeps 1 under ``blocks_only`` (EAT, decision D14)
     and gets ``decay^(L+1)`` under ``beit`` (BEiT / data2vec: the stem is layer 0).
     """
     if rule not in LAYER_DECAY_RULES:
@@ -385,7 +263,7 @@ class ClassifierConfig:
     activation_dropout: Optional[float] = field(
         default=None, metadata={"help": "dropout after the FFN activation (None = the pretrained model's)"}
     )
-    layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping an encoder block (0 here)"})
+    encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping an encoder block (0 here)"})
     drop_path: float = field(
         default=0.0, metadata={"help": "stochastic depth rising linearly from 0 to this rate over the blocks (EAT 0.1)"}
     )
@@ -424,6 +302,11 @@ class ClassifierConfig:
     patch_stride_freq: int = field(
         default=0, metadata={"help": "fine-tuning patch stride in mel bins, 0 = keep (SSAST: 10; SSAST only)"}
     )
+    head_norm_eps: Optional[float] = field(
+        default=None,
+        metadata={"help": "epsilon of the head's LayerNorm; None = the method's own (the core class's "
+                          "head_norm_eps: SSAST 1e-5, EAT 1e-6, MAE-AST 1e-6)"},
+    )
     # filled by the task (label list, front end) and from the pretrained checkpoint when the model is built; kept in
     # the fine-tuned checkpoint so it can be rebuilt without the data or the pretrained checkpoint
     num_classes: int = field(default=0, metadata={"help": "set by the task from its label list"})
@@ -441,17 +324,21 @@ class AudioClassifier(nn.Module):
     ``forward(fbank, frame_padding, target)`` returns ``logits`` (B, C) and the (mixed, in training) ``target``.
     """
 
+    #: top-level modules beside ``encoder`` (what tells a classifier's state dict from a pretraining model's)
+    head_modules = ("head_norm", "head")
+
     def __init__(self, cfg: ClassifierConfig, encoder: nn.Module):
         super().__init__()
         self.cfg = cfg
-        if cfg.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
+        if cfg.pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"pooling must be one of {CLASSIFIER_POOLINGS}, got {cfg.pooling!r}")
         if cfg.num_classes < 1:
             raise ValueError("num_classes must be >= 1 (the task sets it from labels.txt)")
-        self.pooling = cfg.pooling if cfg.pooling != "auto" else ("cls" if cfg.encoder_name == "eat" else "mean")
+        self.pooling = cfg.pooling if cfg.pooling != "auto" else getattr(encoder, "default_pooling", "mean")
         self.encoder = encoder
         dim = encoder_stack(encoder).blocks[0].norm1.normalized_shape[0]
-        self.head_norm = nn.LayerNorm(dim, eps=1e-6)
+        eps = cfg.head_norm_eps if cfg.head_norm_eps is not None else getattr(encoder, "head_norm_eps", 1e-6)
+        self.head_norm = nn.LayerNorm(dim, eps=float(eps))
         self.head = nn.Linear(dim, cfg.num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -494,104 +381,3 @@ class AudioClassifier(nn.Module):
         if self.cfg.layer_decay == 1.0:
             return {n: 1.0 for n, _ in self.named_parameters()}
         return layer_scales(self, self.encoder, self.cfg.layer_decay, self.cfg.layer_decay_rule)
-
-
-# --------------------------------------------------------------------------------------------- checkpoint builders
-def _filtered(dc_cls, values: Dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(dc_cls)}
-    return dc_cls(**{k: v for k, v in (values or {}).items() if k in names})
-
-
-def build_core(name: str, encoder_cfg: Dict[str, Any]) -> nn.Module:
-    from ..checkpoint import CORE_MODELS  # late: checkpoint.py may import this module
-
-    if name not in CORE_MODELS:
-        raise ValueError(f"encoder {name!r} is not one of ours ({sorted(CORE_MODELS)})")
-    core_cls, cfg_cls = CORE_MODELS[name]
-    return core_cls(_filtered(cfg_cls, encoder_cfg))
-
-
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """A fairseq checkpoint read without running pickled code: :func:`maeast_fairseq.checkpoint.read_checkpoint`
-    (``weights_only`` loading that also admits OmegaConf config containers), else plain ``weights_only``."""
-    try:
-        from ..checkpoint import read_checkpoint
-    except ImportError:  # pragma: no cover - older checkpoint module
-        return torch.load(path, map_location="cpu", weights_only=True)
-    return read_checkpoint(path, map_location="cpu")
-
-
-def _load_strict(module: nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
-    result = module.load_state_dict(state, strict=False)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if missing or unexpected:
-        def show(keys):
-            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
-        raise RuntimeError(
-            f"{what}: the weights do not match the model built from its config: "
-            + (f"missing {show(missing)}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected {show(unexpected)}" if unexpected else "")
-            + ". Was it written by another version of the model?")
-
-
-def _prepare_encoder(core: nn.Module, cfg: ClassifierConfig) -> nn.Module:
-    drop_pretraining_modules(core)
-    apply_patch_strides(core, cfg.patch_stride_time, cfg.patch_stride_freq, cfg.target_frames)
-    configure_encoder(core, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
-                      activation_dropout=cfg.activation_dropout, layerdrop=cfg.layerdrop, drop_path=cfg.drop_path)
-    return core
-
-
-def pretrained_encoder_info(state: Dict[str, Any], path: str = "checkpoint") -> Tuple[str, Dict[str, Any]]:
-    """(encoder name, encoder config) of a pretrained or classifier checkpoint dict (``torch.load`` output)."""
-    model_cfg = dict((state.get("cfg") or {}).get("model") or {})
-    name = model_cfg.get("_name")
-    if name == CLASSIFIER_NAME:
-        return model_cfg.get("encoder_name"), dict(model_cfg.get("encoder_cfg") or {})
-    if not name:
-        raise ValueError(f"{path}: no cfg.model._name; is it a fairseq checkpoint of this project?")
-    return name, model_cfg
-
-
-def classifier_from_pretrained(cfg: ClassifierConfig, state: Dict[str, Any], path: str = "checkpoint",
-                               model_cls=AudioClassifier):
-    """Build a classifier whose encoder holds the weights of a pretrained checkpoint (``torch.load`` dict); fills
-    ``cfg.encoder_name`` / ``cfg.encoder_cfg``. A classifier checkpoint gives its encoder (the head is new)."""
-    model_cfg = dict((state.get("cfg") or {}).get("model") or {})
-    name, encoder_cfg = pretrained_encoder_info(state, path)
-    cfg.encoder_name, cfg.encoder_cfg = name, encoder_cfg
-    core = build_core(name, encoder_cfg)
-    weights = state["model"]
-    if model_cfg.get("_name") == CLASSIFIER_NAME:
-        # its encoder as it was fine-tuned (strides, position grid); this fine-tuning's strides apply on top
-        # (0 keeps that checkpoint's)
-        old = (model_cfg.get("patch_stride_time", 0), model_cfg.get("patch_stride_freq", 0))
-        drop_pretraining_modules(core)
-        apply_patch_strides(core, *old, model_cfg.get("target_frames", cfg.target_frames))
-        weights = {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
-        _load_strict(core, weights, f"{path} (encoder of a {CLASSIFIER_NAME})")
-    else:
-        _load_strict(core, weights, path)
-    removed = drop_pretraining_modules(core)
-    _prepare_encoder(core, cfg)
-    n = sum(p.numel() for p in core.parameters())
-    logger.info(f"loaded the {name} encoder from {path} ({n:,} parameters kept"
-                + (f"; dropped {', '.join(removed)}" if removed else "") + ")")
-    return model_cls(cfg, core)
-
-
-def classifier_from_state(state: Dict[str, Any], path: str = "checkpoint") -> Tuple[AudioClassifier, Dict[str, Any]]:
-    """Rebuild a fine-tuned classifier from its checkpoint dict (no fairseq, no pretrained checkpoint, no data).
-    Returns ``(model in eval mode, the checkpoint's cfg dict)``."""
-    full = state.get("cfg") or {}
-    model_cfg = dict(full.get("model") or {})
-    if model_cfg.get("_name") != CLASSIFIER_NAME:
-        raise ValueError(f"{path} is not a {CLASSIFIER_NAME} checkpoint (model {model_cfg.get('_name')!r}); "
-                         "fine-tune it first")
-    cfg = _filtered(ClassifierConfig, model_cfg)
-    core = build_core(cfg.encoder_name, dict(cfg.encoder_cfg or {}))
-    drop_pretraining_modules(core)
-    model = AudioClassifier(cfg, _prepare_encoder(core, cfg))
-    _load_strict(model, state["model"], path)
-    return model.eval(), full

@@ -1,25 +1,25 @@
 """EAT: Efficient Audio Transformer (Chen et al., IJCAI 2024), pure torch.
 
-The method, as in the official code (SYSTEMS.md section 4; the traps of section 7 are decided as noted):
+The method, as in the official code (where paper and code disagree, the decision is noted: ``docs/decisions.md``):
 
 1. the front end gives a normalised log-mel spectrogram ``(B, T, 128)``, 1024 frames per clip (the task's ``fixed``
    length policy); it is cut into 16x16 patches, **time-major** (index ``t * 8 + f``: a 64 x 8 grid) and each patch
    is projected linearly (the official strided ``Conv2d``, as a matrix);
 2. fixed 2-D sin-cos positions are added (first half of the dims = frequency index, second half = time index; a
-   table of ``max_time_patches`` x 8 sliced to the clip's length -- trap 10: the paper says 1-D, the code is 2-D);
+   table of ``max_time_patches`` x 8 sliced to the clip's length -- decision D10: the paper says 1-D, the code is 2-D);
 3. **multi-mask**: every clip is cloned ``clones`` (16) times and every clone gets its own inverse 5x5 block mask
    keeping exactly 20 % of the tokens (102 of 512; :func:`~maeast_fairseq.core.masking.inverse_block_mask`);
 4. the **student** encoder sees only the visible tokens of each clone plus a learned CLS token (no position): a
-   post-LN transformer with a LayerNorm on its input (trap 12);
+   post-LN transformer with a LayerNorm on its input (decision D12);
 5. the **decoder** puts the encoded tokens back in place, fills the masked slots with fresh ``N(0, 0.01^2)`` noise
-   (no learned mask token, no positions: trap 13) and runs a light 2-D CNN over the time x frequency grid;
+   (no learned mask token, no positions: decision D13) and runs a light 2-D CNN over the time x frequency grid;
 6. the **teacher** -- an exponential moving average of the student's encoder (its own patch embedding, positions,
-   CLS, input norm and blocks; not the decoder; trap 10) -- encodes the *unmasked* clip once (not per clone); the
+   CLS, input norm and blocks; not the decoder; decision D10) -- encodes the *unmasked* clip once (not per clone); the
    targets are its per-layer FFN outputs (before the residual) on the patch tokens, instance-normalised, averaged
    over the top K layers and layer-normalised (:func:`~maeast_fairseq.core.losses.eat_targets`);
 7. the Utterance-Frame Objective: frame MSE between the decoder outputs and the targets at the masked positions,
    plus the utterance MSE between the student's CLS output and the mean of the clip's targets, with EAT's exact
-   scaling (trap 11, :func:`ufo_loss`).
+   scaling (decision D11, :func:`~maeast_fairseq.core.losses.ufo_loss`).
 
 The teacher is a real submodule (``teacher``): it is saved in and restored from checkpoints with the student, its
 parameters never require gradients (so fairseq never hands them to the optimiser) and it always runs in ``eval()``.
@@ -30,9 +30,9 @@ an EMA with a decay of 0.9998-0.99999 moves the weights by less than half precis
 Numerics: under autocast (fairseq ``--amp``, or ``torch.autocast`` on CPU/GPU with bfloat16 or float16) the student
 and decoder run in the low precision while the teacher runs with autocast disabled on its float32 weights and the
 float32 input (with a half-precision model, ``--fp16``, its matmuls run in half precision on GPU, see
-:meth:`Eat.teacher_targets`); the targets, their statistics and the UFO terms are always computed in float32
+:meth:`Eat.forward_teacher`); the targets, their statistics and the UFO terms are always computed in float32
 (:mod:`~maeast_fairseq.core.losses`).
-``target_var`` is watched by :class:`TargetCollapseMonitor` (criterion ``eat_ufo``): a teacher whose targets
+``target_var`` is watched by the criterion ``eat_ufo`` (its ``TargetCollapseMonitor``): a teacher whose targets
 collapse to near-zero variance is logged (rate-limited) and counted (``target_collapsed`` in the train log).
 
 Padding (shorter clips under the ``fixed`` policy with ``padding_mask: true``): padded tokens are never masked, never
@@ -41,29 +41,20 @@ target mean, and zeroed in the decoder (so the convolutions see zeros, as at the
 """
 
 import copy
-import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import CoreModel
 from .blocks import TransformerStack, init_bert_params
-from .losses import eat_frame_loss, eat_targets, eat_utterance_loss, regression_var
+from .losses import eat_targets, regression_var
 from .masking import gather_visible, inverse_block_mask, multi_mask, scatter_back
 from .positions import sincos_2d
 from .rng import MaskRNG
 from .tokenizer import PatchEmbed, Tokenizer
-
-logger = logging.getLogger(__name__)
-
-#: Default floor on ``target_var`` below which the teacher targets count as collapsed (see
-#: :class:`TargetCollapseMonitor`): data2vec 2.0's and EAT's own ``min_target_var``.
-MIN_TARGET_VAR = 0.1
-#: Default number of updates between two collapse warnings while the targets stay collapsed.
-COLLAPSE_WARN_INTERVAL = 1000
-
 
 @dataclass
 class EatConfig:
@@ -78,15 +69,15 @@ class EatConfig:
     )
     # -- encoder (student; the teacher is its EMA copy) -----------------------------------------------------------
     embed_dim: int = field(default=768, metadata={"help": "encoder width"})
-    depth: int = field(default=12, metadata={"help": "encoder blocks"})
+    encoder_layers: int = field(default=12, metadata={"help": "encoder blocks (depth)"})
     num_heads: int = field(default=12, metadata={"help": "attention heads"})
-    mlp_ratio: float = field(default=4.0, metadata={"help": "feed-forward width / embed_dim (3072 at 768)"})
+    ffn_dim: int = field(default=3072, metadata={"help": "encoder feed-forward width (4 x embed_dim in EAT)"})
     norm_eps: float = field(default=1e-6, metadata={"help": "LayerNorm epsilon of the encoder"})
     dropout: float = field(default=0.0, metadata={"help": "dropout in the blocks and on the encoder input"})
     attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
     activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
     drop_path: float = field(default=0.0, metadata={"help": "stochastic depth, rising linearly to this rate"})
-    layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a student block"})
+    encoder_layerdrop: float = field(default=0.0, metadata={"help": "probability of skipping a student block"})
     # -- multi-mask -------------------------------------------------------------------------------------------------
     clones: int = field(default=16, metadata={"help": "masked copies of each clip (each with its own mask)"})
     mask_ratio: float = field(default=0.8, metadata={"help": "fraction of the (valid) tokens masked (exact count)"})
@@ -95,11 +86,17 @@ class EatConfig:
     )
     mask_block: int = field(default=5, metadata={"help": "side of the square kept blocks, in patches (5 = 5x5)"})
     # -- decoder (student only) -------------------------------------------------------------------------------------
-    decoder_dim: int = field(default=768, metadata={"help": "decoder channels"})
+    decoder_embed_dim: int = field(default=768, metadata={"help": "decoder width (channels of its convolutions)"})
     decoder_layers: int = field(default=6, metadata={"help": "conv layers of the decoder"})
     decoder_kernel: int = field(default=3, metadata={"help": "conv kernel (odd)"})
     decoder_groups: int = field(default=16, metadata={"help": "conv groups"})
     mask_noise_std: float = field(default=0.01, metadata={"help": "std of the noise filling the masked slots"})
+    decoder_proj_init: str = field(
+        default="bert",
+        metadata={"help": "init of the decoder's output projection: 'bert' (N(0, 0.02), bias 0, like every other "
+                          "Linear here; the default) or 'pytorch' (nn.Linear's default uniform init, which EAT's "
+                          "official code leaves on it: for from-scratch reproduction)"},
+    )
     # -- targets / teacher ------------------------------------------------------------------------------------------
     average_top_k_layers: int = field(default=12, metadata={"help": "teacher layers averaged into the targets"})
     instance_norm_targets: bool = field(
@@ -140,9 +137,9 @@ class EatEncoder(nn.Module):
                              persistent=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.transformer = TransformerStack(
-            cfg.depth, d, cfg.num_heads, int(round(cfg.mlp_ratio * d)), norm_first=False, qkv_bias=True,
+            cfg.encoder_layers, d, cfg.num_heads, cfg.ffn_dim, norm_first=False, qkv_bias=True,
             dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
-            drop_path=cfg.drop_path, layerdrop=cfg.layerdrop, norm_eps=cfg.norm_eps,
+            drop_path=cfg.drop_path, layerdrop=cfg.encoder_layerdrop, norm_eps=cfg.norm_eps,
         )
 
     def embed(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None):
@@ -169,7 +166,7 @@ class Decoder2d(nn.Module):
     """EAT's light CNN decoder over the (time, frequency) grid.
 
     ``layers`` x [``Conv2d(k, padding k//2, groups)`` -> LayerNorm over channels (no affine) -> GELU], each added to
-    its input (a residual also around the first layer when the widths match), then ``Linear(decoder_dim, embed_dim)``.
+    its input (a residual also around the first layer when the widths match), then ``Linear(decoder_embed_dim, embed_dim)``.
     """
 
     def __init__(self, embed_dim: int, dim: int, layers: int, kernel: int, groups: int):
@@ -201,16 +198,32 @@ class Decoder2d(nn.Module):
         return self.proj(h.flatten(2).transpose(1, 2))
 
 
-class Eat(nn.Module):
+class StudentPass(NamedTuple):
+    """What the student stage hands to the decoder and the targets (R = B * clones rows, V visible tokens a row)."""
+
+    encoded: torch.Tensor  # (R, 1 + V, D): CLS output, then the visible tokens
+    ids_keep: torch.Tensor  # (R, V) token index of each visible slot
+    visible_padding: torch.Tensor  # (R, V) True = an empty slot (the row has fewer visible tokens)
+    mask: torch.Tensor  # (R, N) True = masked
+    row_padding: Optional[torch.Tensor]  # (R, N) True = padding, per clone row
+    token_padding: Optional[torch.Tensor]  # (B, N) True = padding, per clip
+    grid: Tuple[int, int]  # (time, frequency) patches
+
+
+class Eat(CoreModel):
+    pretraining_only = ("teacher", "decoder")  # the student encoder is what fine-tuning / embedding keep
+    default_pooling = "cls"
+
     def __init__(self, cfg: EatConfig):
         super().__init__()
         self.cfg = cfg
-        if not 1 <= cfg.average_top_k_layers <= cfg.depth:
-            raise ValueError(f"average_top_k_layers must be in [1, {cfg.depth}], got {cfg.average_top_k_layers}")
+        if not 1 <= cfg.average_top_k_layers <= cfg.encoder_layers:
+            raise ValueError(f"average_top_k_layers must be in [1, encoder_layers={cfg.encoder_layers}], got "
+                             f"{cfg.average_top_k_layers}")
         if cfg.clones < 1:
             raise ValueError(f"clones must be >= 1, got {cfg.clones}")
         self.encoder = EatEncoder(cfg)
-        self.decoder = Decoder2d(cfg.embed_dim, cfg.decoder_dim, cfg.decoder_layers, cfg.decoder_kernel,
+        self.decoder = Decoder2d(cfg.embed_dim, cfg.decoder_embed_dim, cfg.decoder_layers, cfg.decoder_kernel,
                                  cfg.decoder_groups)
         # initialisation as EAT: BERT init of every Linear, then xavier patch projection, N(0, 1) CLS
         init_bert_params(self)
@@ -218,6 +231,10 @@ class Eat(nn.Module):
         nn.init.xavier_uniform_(proj.weight)
         nn.init.uniform_(proj.bias, -proj.in_features ** -0.5, proj.in_features ** -0.5)
         nn.init.normal_(self.encoder.cls_token)
+        if cfg.decoder_proj_init == "pytorch":
+            self.decoder.proj.reset_parameters()
+        elif cfg.decoder_proj_init != "bert":
+            raise ValueError(f"decoder_proj_init must be 'bert' or 'pytorch', got {cfg.decoder_proj_init!r}")
         self.teacher = copy.deepcopy(self.encoder).requires_grad_(False).eval()
         self.current_ema_decay = float(cfg.ema_decay)
 
@@ -278,14 +295,66 @@ class Eat(nn.Module):
             b.copy_(student_buffers[name])
         return decay
 
-    def remove_pretraining_modules(self) -> None:
-        """Drop the teacher and the decoder (fine-tuning / feature extraction keep the student encoder only)."""
-        self.teacher = None
-        self.decoder = None
+    # -- pretraining: the stages of forward ------------------------------------------------------------------------
+    def make_mask(self, rng: MaskRNG, grid: Tuple[int, int], token_padding: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B * clones, N) inverse block masks, row ``b * clones + c`` = clone c of clip b."""
+        c = self.cfg
+        return multi_mask(inverse_block_mask, rng, c.clones, grid=grid, mask_ratio=c.mask_ratio,
+                          mask_prob_adjust=c.mask_prob_adjust, block=(c.mask_block, c.mask_block),
+                          padding_mask=token_padding)
 
-    # -- targets ----------------------------------------------------------------------------------------------------
+    def forward_student(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None,
+                        mask_rng: Optional[MaskRNG] = None, mask: Optional[torch.Tensor] = None) -> StudentPass:
+        """Embed, clone every clip ``clones`` times, mask each clone and encode its visible tokens (+ CLS).
+
+        ``mask`` (B * clones, N), True = masked, replaces the drawn masks (e.g. masks recorded elsewhere); every row
+        must not mask padding."""
+        b, k = fbank.shape[0], self.cfg.clones
+        x, token_padding, n_time = self.encoder.embed(fbank, frame_padding)
+        grid = (n_time, self.encoder.tokenizer.n_freq)
+        if mask is None:
+            # one mask per clone, drawn from the clip's own random stream
+            rng = mask_rng.to(fbank.device) if mask_rng is not None else MaskRNG.from_generator(None, b, fbank.device)
+            mask = self.make_mask(rng, grid, token_padding)
+        else:
+            mask = self.check_mask(torch.as_tensor(mask, device=x.device), b * k, x.shape[1], token_padding)
+        row_padding = None if token_padding is None else token_padding.repeat_interleave(k, dim=0)
+        # the visible tokens of every clone, then the encoder
+        x_vis, ids_keep, visible_padding, _ = gather_visible(x.repeat_interleave(k, dim=0), mask, row_padding)
+        encoded, _, _ = self.encoder.encode(x_vis, visible_padding)
+        return StudentPass(encoded, ids_keep, visible_padding, mask, row_padding, token_padding, grid)
+
+    def check_mask(self, mask: torch.Tensor, rows: int, n: int, token_padding: Optional[torch.Tensor]
+                   ) -> torch.Tensor:
+        """An explicit mask as :meth:`make_mask` gives it: (B * clones, N) bool, True = masked, padding never
+        masked (rows may mask different numbers of tokens)."""
+        if tuple(mask.shape) != (rows, n):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected (B * clones, N) = ({rows}, {n}), row "
+                             "b * clones + c = clone c of clip b")
+        mask = mask.bool()
+        if token_padding is not None and bool((mask & token_padding.repeat_interleave(rows // token_padding.shape[0],
+                                                                                      dim=0)).any()):
+            raise ValueError("the mask covers padding tokens")
+        return mask
+
+    def forward_decoder(self, student: StudentPass) -> torch.Tensor:
+        """Predictions (M, D) at the masked positions (row-major order of ``student.mask``)."""
+        h = student.encoded[:, 1:]  # CLS dropped
+        r, n = student.mask.shape
+        # visible tokens back in place, fresh noise in the masked slots (no mask token, no positions)
+        if self.cfg.mask_noise_std > 0:
+            noise = torch.randn(r, n, h.shape[-1], device=h.device, dtype=h.dtype) * self.cfg.mask_noise_std
+        else:  # mask_noise_std 0: zeros, no random draw (reproducible without torch's generator)
+            noise = h.new_zeros(r, n, h.shape[-1])
+        y = scatter_back(h, student.ids_keep, student.visible_padding, n, noise)
+        # zeros at padding, so the convolutions see it as the grid's edge
+        valid = None if student.row_padding is None else ~student.row_padding
+        if valid is not None:
+            y = y * valid.unsqueeze(-1).to(y.dtype)
+        return self.decoder(y, student.grid, valid)[student.mask]
+
     @torch.no_grad()
-    def teacher_targets(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None):
+    def forward_teacher(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None):
         """The teacher on the unmasked clips: targets (B, N, D) float32 and the token padding (B, N) or None."""
         teacher = self.teacher
         t_dtype = next(teacher.parameters()).dtype
@@ -303,17 +372,26 @@ class Eat(nn.Module):
                         layer_norm=self.cfg.layer_norm_targets, padding_mask=padding)
         return y, padding
 
-    # -- pretraining ------------------------------------------------------------------------------------------------
-    def make_mask(self, rng: MaskRNG, grid: Tuple[int, int], token_padding: Optional[torch.Tensor]) -> torch.Tensor:
-        """(B * clones, N) inverse block masks, row ``b * clones + c`` = clone c of clip b."""
-        c = self.cfg
-        return multi_mask(inverse_block_mask, rng, c.clones, grid=grid, mask_ratio=c.mask_ratio,
-                          mask_prob_adjust=c.mask_prob_adjust, block=(c.mask_block, c.mask_block),
-                          padding_mask=token_padding)
+    def teacher_targets(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor], student: StudentPass
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Frame targets (M, D) at the masked positions and utterance targets (R, D) per clone row."""
+        k = self.cfg.clones
+        # the teacher runs once per clip; each clone row takes its clip's targets
+        y, _ = self.forward_teacher(fbank, frame_padding)
+        rows, cols = student.mask.nonzero(as_tuple=True)
+        target = y[torch.div(rows, k, rounding_mode="floor"), cols]
+        # utterance target: the mean of the clip's targets over its valid tokens
+        if student.token_padding is None:
+            clip_mean = y.mean(dim=1)
+        else:
+            w = (~student.token_padding).unsqueeze(-1).to(y.dtype)
+            clip_mean = (y * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        return target, clip_mean.repeat_interleave(k, dim=0)
 
     def forward(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None,
-                mask_rng: Optional[MaskRNG] = None) -> Dict[str, torch.Tensor]:
-        """fbank: (B, T, F) normalised log-mel; frame_padding: (B, T) True = padding; mask_rng: one row per clip.
+                mask_rng: Optional[MaskRNG] = None, mask: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """fbank: (B, T, F) normalised log-mel; frame_padding: (B, T) True = padding; mask_rng: one row per clip;
+        mask: explicit (B * clones, N) masks instead of drawn ones (:meth:`forward_student`).
 
         Returns, with R = B * clones rows and M = masked tokens over all rows:
         ``pred`` / ``target`` (M, D) at the masked positions (row-major order of ``mask``), ``cls_pred`` /
@@ -325,50 +403,21 @@ class Eat(nn.Module):
         """
         if self.teacher is None or self.decoder is None:
             raise RuntimeError("pretraining modules were removed; use extract_features")
-        cfg = self.cfg
-        b, k = fbank.shape[0], cfg.clones
-        x, token_padding, n_time = self.encoder.embed(fbank, frame_padding)
-        n, d = x.shape[1], x.shape[2]
-        grid = (n_time, self.encoder.tokenizer.n_freq)
-        rng = mask_rng.to(fbank.device) if mask_rng is not None else MaskRNG.from_generator(None, b, fbank.device)
-        mask = self.make_mask(rng, grid, token_padding)  # (R, N)
-        padding_r = None if token_padding is None else token_padding.repeat_interleave(k, dim=0)
-
-        # student: the visible tokens of every clone (+ CLS)
-        x_vis, ids_keep, vis_padding, _ = gather_visible(x.repeat_interleave(k, dim=0), mask, padding_r)
-        h, _, _ = self.encoder.encode(x_vis, vis_padding)
-        cls_pred = h[:, 0]
-
-        # decoder: visible tokens back in place, noise in the masked slots, zeros at padding
-        noise = torch.randn(b * k, n, d, device=h.device, dtype=h.dtype) * cfg.mask_noise_std
-        y_in = scatter_back(h[:, 1:], ids_keep, vis_padding, n, noise)
-        valid_r = None if padding_r is None else ~padding_r
-        if valid_r is not None:
-            y_in = y_in * valid_r.unsqueeze(-1).to(y_in.dtype)
-        pred = self.decoder(y_in, grid, valid_r)[mask]
-
-        # teacher: once per clip on the unmasked input; targets repeated per clone and taken at the masked positions
-        y, _ = self.teacher_targets(fbank, frame_padding)
-        rows, cols = mask.nonzero(as_tuple=True)
-        target = y[torch.div(rows, k, rounding_mode="floor"), cols]
-        if token_padding is None:
-            clip_mean = y.mean(dim=1)
-        else:
-            w = (~token_padding).unsqueeze(-1).to(y.dtype)
-            clip_mean = (y * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
-        cls_target = clip_mean.repeat_interleave(k, dim=0)
-
-        num_tokens = (torch.full((), b * k * n, device=mask.device, dtype=torch.long) if padding_r is None
-                      else (~padding_r).sum())
+        student = self.forward_student(fbank, frame_padding, mask_rng, mask)
+        pred = self.forward_decoder(student)
+        target, cls_target = self.teacher_targets(fbank, frame_padding, student)
+        mask = student.mask
+        num_tokens = (torch.full((), mask.numel(), device=mask.device, dtype=torch.long)
+                      if student.row_padding is None else (~student.row_padding).sum())
         return {
             "pred": pred,
             "target": target,
-            "cls_pred": cls_pred,
+            "cls_pred": student.encoded[:, 0],
             "cls_target": cls_target,
             "num_masked": mask.sum(),
             "num_tokens": num_tokens,
             "mask": mask,
-            "padding_mask": token_padding,
+            "padding_mask": student.token_padding,
             "target_var": regression_var(target),
             "pred_var": regression_var(pred),
             "ema_decay": torch.tensor(self.current_ema_decay, dtype=torch.float64),
@@ -386,117 +435,3 @@ class Eat(nn.Module):
         h, hidden, _ = self.encoder.encode(x, token_padding, return_hidden=True)
         return {"x": h[:, 1:], "cls": h[:, 0], "hidden_states": [s[:, 1:] for s in hidden],
                 "padding_mask": token_padding}
-
-    # -- accounting -------------------------------------------------------------------------------------------------
-    def paper_parameter_count(self) -> Dict[str, int]:
-        """The counts EAT quotes (93M pretraining / 88M): at the base settings these rules give 92.56M and 87.84M.
-
-        EAT's code stores the fixed 768x8 sin-cos table as a frozen parameter of the student, so its total student
-        parameter count (encoder + decoder + table, teacher excluded) is the 93M; without the table -- the
-        trainable parameters -- it is the 88M. (The fine-tuning model, encoder + 527-way head, has 85.66M, or
-        90.38M with the table: neither is within 2 % of 88M.)
-        """
-        c = self.parameter_counts()
-        trainable = c["student_encoder"] + c["decoder"]
-        return {
-            "student encoder + decoder + fixed positions (EAT-base paper: 93M)": trainable + c["fixed_positions"],
-            "student encoder + decoder, trainable (EAT-base paper: 88M)": trainable,
-        }
-
-    def parameter_counts(self) -> Dict[str, int]:
-        """Parameters per part: ``student_encoder`` (trainable), ``decoder``, ``teacher`` (frozen EMA copy) and
-        ``fixed_positions`` (the sin-cos table: a buffer here, a frozen parameter in EAT; one copy)."""
-        def count(m):
-            return 0 if m is None else sum(p.numel() for p in m.parameters())
-        return {
-            "student_encoder": count(self.encoder),
-            "decoder": count(self.decoder),
-            "teacher": count(self.teacher),
-            "fixed_positions": self.encoder.positions.numel(),
-        }
-
-
-class TargetCollapseMonitor:
-    """Detects a collapse of EAT's teacher targets from ``target_var`` and logs it, rate-limited.
-
-    ``target_var`` is :func:`~maeast_fairseq.core.losses.regression_var` of the targets at the masked positions: the
-    mean over the D features of their standard deviation across the masked tokens. EAT's targets are
-    instance-normalised per channel and layer-normalised per token, so a healthy teacher gives ``target_var``
-    close to 1 (0.98-1.0 at initialisation, > 0.5 throughout the tiny configs' runs, also on a batch of digital
-    silence: the positions keep the tokens apart). A teacher whose FFN outputs stop varying over the tokens gives
-    targets ~0 (the instance norm divides a ~0 spread by ``sqrt(eps)``) and ``target_var -> sqrt(1e-6) = 1e-3``:
-    the student can then reach a near-zero loss by predicting zeros and learns nothing.
-
-    Threshold: an **absolute** floor, ``min_target_var = 0.1`` by default -- the ``min_target_var`` of data2vec 2.0
-    and EAT (which stop the run there after 5000 updates; we warn from the first update, since normalised targets
-    start near 1). Absolute rather than relative to the first value because the normalisation fixes the healthy
-    scale a priori, and an initial value would be one more piece of state to carry through checkpoint resumes.
-    With ``instance_norm_targets`` and ``layer_norm_targets`` both off the targets keep the teacher's raw scale and
-    the floor should be set from a healthy run's ``target_var``. Note that the instance norm also *hides* a partial
-    collapse: targets are rescaled to unit spread as long as the raw per-channel variance over the tokens stays
-    above its ``eps`` (1e-5), so this detects the collapse once the raw spread is below that.
-
-    :meth:`update` is called once per forward; a NaN ``target_var`` also counts as collapsed. While collapsed, one
-    warning (logger ``maeast_fairseq.core.eat``) is emitted at the first collapsed forward and then at most once every
-    ``warn_interval`` updates (``step``; the number of calls when no step is given), each saying how many collapsed
-    forwards there were so far; the first healthy forward after a collapse logs a recovery message.
-    ``min_target_var <= 0`` disables the check.
-    """
-
-    def __init__(self, min_target_var: float = MIN_TARGET_VAR, warn_interval: int = COLLAPSE_WARN_INTERVAL,
-                 name: str = "EAT"):
-        self.min_target_var = float(min_target_var)
-        self.warn_interval = max(int(warn_interval), 1)
-        self.name = name
-        self.collapsed_forwards = 0  # total so far
-        self._calls = 0
-        self._in_collapse = False
-        self._last_warn_step: Optional[int] = None
-        self._since_warn = 0
-
-    def update(self, target_var, step: Optional[int] = None) -> bool:
-        """Check one forward's ``target_var`` (float or 0-d tensor); returns True if the targets are collapsed."""
-        self._calls += 1
-        if self.min_target_var <= 0:
-            return False
-        value = float(target_var)
-        step = self._calls - 1 if step is None else int(step)
-        collapsed = not value >= self.min_target_var  # NaN counts as collapsed
-        if not collapsed:
-            if self._in_collapse:
-                logger.warning("%s teacher targets recovered: target_var=%.4g >= min_target_var=%g at update %d "
-                               "(after %d collapsed forward(s) in all)", self.name, value, self.min_target_var, step,
-                               self.collapsed_forwards)
-            self._in_collapse = False
-            self._last_warn_step = None
-            self._since_warn = 0
-            return False
-        self._in_collapse = True
-        self.collapsed_forwards += 1
-        self._since_warn += 1
-        last = self._last_warn_step
-        if last is None or step < last or step - last >= self.warn_interval:
-            logger.warning(
-                "%s teacher targets have collapsed: target_var=%.4g < min_target_var=%g at update %d (%d collapsed "
-                "forward(s) since the last warning, %d in all; next warning in >= %d updates while it lasts). The "
-                "targets barely vary over the tokens, so the student learns nothing: check the teacher's weights, "
-                "the EMA decay and the learning rate.", self.name, value, self.min_target_var, step,
-                self._since_warn, self.collapsed_forwards, self.warn_interval,
-            )
-            self._last_warn_step = step
-            self._since_warn = 0
-        return True
-
-
-def ufo_loss(out: Dict[str, torch.Tensor], utterance_weight: float = 1.0):
-    """EAT's Utterance-Frame Objective from :meth:`Eat.forward`'s output, with EAT's scaling (trap 11).
-
-    Returns ``(total, frame, utterance, sample_size)``: ``frame`` = sum over the masked tokens of
-    ``||pred - target||^2 / sqrt(D)``, ``utterance`` = ``utterance_weight * M * sum over the R clone rows of
-    ||cls_pred - cls_target||^2 / sqrt(D)``, ``total = frame + utterance`` and ``sample_size = M`` (masked
-    tokens). The trainer divides by ``M``: a per-masked-token frame mean plus a *sum* over clone rows.
-    """
-    m = out["num_masked"]
-    frame = eat_frame_loss(out["pred"], out["target"])
-    utterance = eat_utterance_loss(out["cls_pred"], out["cls_target"], m, weight=utterance_weight)
-    return frame + utterance, frame, utterance, m

@@ -1,9 +1,12 @@
 """Pretraining losses of SSAST, MAE-AST and EAT (pure torch, float32 even under autocast).
 
-* :func:`info_nce` — the masked-patch InfoNCE of SSAST/MAE-AST with either softmax orientation (trap 1).
+* :func:`info_nce` — the masked-patch InfoNCE of SSAST/MAE-AST with either softmax orientation (decision D1).
 * :func:`masked_mse` — the generative / reconstruction MSE.
+* :func:`ssast_logged_accuracy` — the masked-patch accuracy exactly as SSAST's code logs it.
+* :func:`nce_mse_loss` — SSAST's / MAE-AST's joint objective ``nce_weight x InfoNCE + mse_weight x MSE``.
 * :func:`eat_targets`, :func:`eat_frame_loss`, :func:`eat_utterance_loss` — EAT's Utterance-Frame Objective
-  with EAT's exact scaling (SYSTEMS 4.5, trap 11).
+  with EAT's exact scaling (decision D11).
+* :func:`ufo_loss` — the whole UFO objective from EAT's model output.
 * :func:`regression_var` — data2vec-style spread statistic for logging ``target_var`` / ``pred_var``.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +22,12 @@ import torch.nn.functional as F
 __all__ = [
     "info_nce",
     "masked_mse",
+    "ssast_logged_accuracy",
+    "nce_mse_loss",
     "eat_targets",
     "eat_frame_loss",
     "eat_utterance_loss",
+    "ufo_loss",
     "regression_var",
 ]
 
@@ -55,7 +61,7 @@ def info_nce(
     * ``orientation='targets'``: for each prediction, softmax over the targets (``log_softmax`` over ``j``) —
       the SSAST paper's Eq. 1 and the MAE-AST code.
     * ``orientation='predictions'``: for each fixed target, softmax over the predictions (``log_softmax``
-      over ``i``) — what the SSAST code computes (``targets @ preds^T`` with ``log_softmax(dim=-1)``; trap 1).
+      over ``i``) — what the SSAST code computes (``targets @ preds^T`` with ``log_softmax(dim=-1)``; decision D1).
 
     ``valid (B, M)`` bool (None = all valid) removes positions from both the positives and the negatives
     (their logits are excluded from every softmax) and from the mean.
@@ -73,6 +79,9 @@ def info_nce(
     with _no_autocast(pred):
         p = pred.float()
         y = target.float()
+        if M == 0:  # nothing masked (e.g. a batch cropped to a one-patch clip): zero, still part of the graph
+            zero = p.sum() * 0 + y.sum() * 0
+            return zero, zero.detach()
         logits = torch.bmm(p, y.transpose(1, 2))  # (B, M_pred, M_target)
         # softmax axis: over targets (dim 2) or over predictions (dim 1)
         dim = 2 if orientation == "targets" else 1
@@ -95,6 +104,36 @@ def info_nce(
         return loss, acc
 
 
+def ssast_logged_accuracy(
+    pred: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The masked-patch accuracy SSAST's code logs (its ``mpc`` ``acc``), for curves comparable with its runs.
+
+    SSAST normalises ``targets @ preds^T`` over the predictions (softmax per target) and then, for each
+    prediction ``i``, takes the argmax over the *targets* of those normalised values: correct when it is ``i``.
+    (:func:`info_nce`'s accuracy takes the argmax along the softmax axis instead.) Invalid positions are excluded
+    from the softmax, the argmax and the mean. float32 scalar.
+    """
+    if pred.shape != target.shape or pred.dim() != 3:
+        raise ValueError(f"pred and target must both be (B, M, D), got {tuple(pred.shape)} / {tuple(target.shape)}")
+    B, M, _ = pred.shape
+    with torch.no_grad(), _no_autocast(pred):
+        if M == 0:
+            return pred.new_zeros((), dtype=torch.float32)
+        logits = torch.bmm(pred.float(), target.float().transpose(1, 2))  # [b, i (prediction), j (target)]
+        lowest = torch.finfo(torch.float32).min
+        if valid is not None:
+            valid = valid.to(device=pred.device, dtype=torch.bool)
+            logits = logits.masked_fill(~valid.unsqueeze(2), lowest)  # invalid predictions leave every softmax
+        logp = torch.log_softmax(logits, dim=1)  # per target j, over the predictions i
+        if valid is not None:
+            logp = logp.masked_fill(~valid.unsqueeze(1), -math.inf)  # invalid targets never win the argmax
+        correct = torch.argmax(logp, dim=2) == torch.arange(M, device=pred.device).view(1, M)
+        if valid is None:
+            return correct.float().mean()
+        return (correct & valid).sum().float() / valid.sum().clamp(min=1).float()
+
+
 def masked_mse(
     pred: torch.Tensor, target: torch.Tensor, valid: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -115,6 +154,23 @@ def masked_mse(
         return se.sum() / denom.clamp(min=1.0)
 
 
+def nce_mse_loss(
+    out: Dict, nce_weight: float = 1.0, mse_weight: float = 10.0, orientation: str = "targets"
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SSAST's / MAE-AST's joint objective from their model output: ``nce_weight x InfoNCE + mse_weight x MSE``.
+
+    ``out`` holds ``nce`` / ``recon`` predictions and ``target`` patches (B, M, P) with ``target_valid`` (B, M); a
+    model that scores each term on its own masked pass (SSAST's official two passes) returns them under
+    ``out["terms"] = {"nce": pass, "mse": pass}``. Returns ``(total, nce, mse, accuracy)``, float32 scalars
+    (:func:`info_nce` with ``orientation``, :func:`masked_mse`).
+    """
+    terms = out.get("terms")
+    nce_out, mse_out = (terms["nce"], terms["mse"]) if terms else (out, out)
+    nce, acc = info_nce(nce_out["nce"], nce_out["target"], nce_out["target_valid"], orientation=orientation)
+    mse = masked_mse(mse_out["recon"], mse_out["target"], mse_out["target_valid"])
+    return nce_weight * nce + mse_weight * mse, nce, mse, acc
+
+
 def _masked_instance_norm(x: torch.Tensor, keep: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Instance norm of ``x (B, T, D)`` per (clip, channel) over the tokens where ``keep (B, T)``."""
     w = keep.to(x.dtype).unsqueeze(-1)
@@ -132,7 +188,7 @@ def eat_targets(
     padding_mask: Optional[torch.Tensor] = None,
     eps: float = 1e-5,
 ) -> torch.Tensor:
-    """EAT / data2vec 2.0 regression targets (SYSTEMS 4.5).
+    """EAT / data2vec 2.0 regression targets.
 
     ``layer_outputs``: list of the teacher's per-layer FFN outputs (before the residual), each ``(B, T, D)``
     over the patch tokens only (no CLS).  The last ``top_k`` layers are used: each is instance-normalised
@@ -184,7 +240,7 @@ def eat_utterance_loss(
     num_masked_total,
     weight: float = 1.0,
 ) -> torch.Tensor:
-    """EAT utterance (CLS) loss with EAT's exact scaling (SYSTEMS 4.5, trap 11).
+    """EAT utterance (CLS) loss with EAT's exact scaling (decision D11).
 
     Returns ``weight * num_masked_total * sum_rows sum_D (cls_pred - cls_target)**2 / sqrt(D)`` for
     ``cls_pred``/``cls_target`` ``(R, D)``, R = B * clones rows (``cls_target`` = mean of the clip's targets
@@ -206,6 +262,20 @@ def eat_utterance_loss(
         per_elem = (cls_pred.float() - cls_target.float()).pow(2) * (1.0 / math.sqrt(d))
         m = num_masked_total.float() if torch.is_tensor(num_masked_total) else float(num_masked_total)
         return per_elem.sum() * (float(weight) * m)
+
+
+def ufo_loss(out: Dict[str, torch.Tensor], utterance_weight: float = 1.0):
+    """EAT's Utterance-Frame Objective from :meth:`~maeast_fairseq.core.eat.Eat.forward`'s output.
+
+    Returns ``(total, frame, utterance, sample_size)``: ``frame`` = sum over the masked tokens of
+    ``||pred - target||^2 / sqrt(D)``, ``utterance`` = ``utterance_weight * M * sum over the R clone rows of
+    ||cls_pred - cls_target||^2 / sqrt(D)``, ``total = frame + utterance`` and ``sample_size = M`` (masked
+    tokens). The trainer divides by ``M``: a per-masked-token frame mean plus a *sum* over clone rows.
+    """
+    m = out["num_masked"]
+    frame = eat_frame_loss(out["pred"], out["target"])
+    utterance = eat_utterance_loss(out["cls_pred"], out["cls_target"], m, weight=utterance_weight)
+    return frame + utterance, frame, utterance, m
 
 
 def regression_var(x: torch.Tensor) -> torch.Tensor:

@@ -158,9 +158,7 @@ def cluster_mask(
     cluster_sizes: Sequence[int] = (3, 4, 5),
     padding_mask: Optional[torch.Tensor] = None,
     same_for_batch: bool = False,
-    num_candidates: Optional[int] = None,
-    return_cluster_sizes: bool = False,
-):
+) -> torch.Tensor:
     """SSAST patch "cluster" masking / MAE-AST ``chunk_mask``, vectorised over the batch.
 
     Algorithm (per row, or once for the batch with ``same_for_batch=True`` — MAE-AST's official behaviour):
@@ -178,8 +176,8 @@ def cluster_mask(
     clipping on the 8-wide frequency axis at 75 % that masks frequency row 0 ~39 % of the time against ~85 %
     for the middle rows.)
 
-    Vectorised form: ``K`` candidate clusters are drawn per row at once (``K = num_candidates`` or
-    ``ceil(2 * T * ln(1 / (1 - p)) / a) + 16`` with ``a`` the smallest expected in-grid cluster area: ``n``
+    Vectorised form: ``K`` candidate clusters are drawn per row at once (``K =
+    ceil(2 * T * ln(1 / (1 - p)) / a) + 16`` with ``a`` the smallest expected in-grid cluster area: ``n``
     random windows cover about ``1 - exp(-n a / T)`` of the grid, so this is twice the number needed and the
     union reaches the count with overwhelming probability: K = 220 at 64x8, p = 0.75, sizes 3-5, and no
     fallback was seen in 10,000 rows); each cell's priority is the index of the first cluster covering it
@@ -205,11 +203,36 @@ def cluster_mask(
         padding_mask: ``(B, T)`` True = padding, in ``token_order``; never masked.
         same_for_batch: one cluster sequence for the whole batch (rows then differ only by their padding);
             its key is a hash of the multiset of the batch's keys.
-        num_candidates: override ``K``.
-        return_cluster_sizes: also return the per-row cluster size ``LongTensor (B,)``.
     Returns:
-        ``BoolTensor (B, T)`` (True = masked), or ``(mask, sizes)``.
+        ``BoolTensor (B, T)`` (True = masked).
     """
+    mask, _ = _cluster_mask_and_sizes(rng, grid, mask_ratio, token_order, cluster_sizes, padding_mask, same_for_batch)
+    return mask
+
+
+def _num_candidates(n_t: int, n_f: int, mask_ratio: float, cluster_sizes: Sequence[int]) -> int:
+    """``K`` of :func:`cluster_mask`: twice the expected number of clipped windows covering the masked share."""
+
+    def _eff(n: int, c: int) -> float:  # expected in-grid length of a clipped window
+        return n * c / (n + c - 1)
+
+    T = n_t * n_f
+    area_min = min(_eff(n_t, int(c)) * _eff(n_f, int(c)) for c in cluster_sizes)
+    # n random windows cover ~1 - exp(-n * a / T) of the grid: take twice the number needed, plus 16
+    r_eff = min(max(float(mask_ratio), 0.0), 1.0 - 1.0 / T)
+    return math.ceil(2.0 * T * -math.log1p(-r_eff) / area_min) + 16
+
+
+def _cluster_mask_and_sizes(
+    rng: MaskRNG,
+    grid: Tuple[int, int],
+    mask_ratio: float,
+    token_order: str,
+    cluster_sizes: Sequence[int],
+    padding_mask: Optional[torch.Tensor],
+    same_for_batch: bool,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cluster_mask` and the cluster size each row drew (``LongTensor (B,)``)."""
     n_t, n_f = int(grid[0]), int(grid[1])
     T = n_t * n_f
     B = rng.batch
@@ -222,16 +245,7 @@ def cluster_mask(
         raise ValueError(f"cluster_sizes must be positive, got {cluster_sizes}")
     sizes = torch.as_tensor(host_sizes, dtype=torch.long, device=dev)
     c_max = max(host_sizes)
-    if num_candidates is None:
-
-        def _eff(n: int, c: int) -> float:  # expected in-grid length of a clipped window
-            return n * c / (n + c - 1)
-
-        area_min = min(_eff(n_t, int(c)) * _eff(n_f, int(c)) for c in cluster_sizes)
-        # n random windows cover ~1 - exp(-n * a / T) of the grid: take twice the number needed, plus 16
-        r_eff = min(max(float(mask_ratio), 0.0), 1.0 - 1.0 / T)
-        num_candidates = math.ceil(2.0 * T * -math.log1p(-r_eff) / area_min) + 16
-    K = int(num_candidates)
+    K = int(_num_candidates(n_t, n_f, mask_ratio, cluster_sizes))
 
     valid_grid = _tokens_to_grid(valid, (n_t, n_f), token_order)  # (B, n_t, n_f)
     if same_for_batch:
@@ -274,7 +288,7 @@ def cluster_mask(
         c = c.expand(B)
     score = score.masked_fill(~valid, _INT64_MAX)
     mask = _select_lowest(score, num_masked)
-    return (mask, c) if return_cluster_sizes else mask
+    return mask, c
 
 
 # ----------------------------------------------------------------------------------------------- EAT
@@ -301,9 +315,8 @@ def inverse_block_mask(
     mask_prob_adjust: float = 0.07,
     block: Union[Tuple[int, int], Sequence[Tuple[int, int]], int] = (5, 5),
     padding_mask: Optional[torch.Tensor] = None,
-    return_block_shapes: bool = False,
-):
-    """EAT / data2vec 2.0 inverse 2-D block mask (SYSTEMS 4.3), time-major tokens (``t * n_freq + f``).
+) -> torch.Tensor:
+    """EAT / data2vec 2.0 inverse 2-D block mask, time-major tokens (``t * n_freq + f``).
 
     Per row: keep probability ``p = 1 - mask_ratio``; ``int(n_valid * (p + mask_prob_adjust) / (bh * bw))``
     block centres drawn uniformly *with replacement* among the valid cells (5 at 512 tokens, 0.2 + 0.07,
@@ -317,8 +330,21 @@ def inverse_block_mask(
 
     ``block`` is ``(bh, bw)`` = (time, freq) patches, an int (square), or a list of shapes from which each
     row draws one uniformly (EAT ``flexible_mask``: ``[(6, 4), (5, 5), (8, 3)]``).
-    Returns ``BoolTensor (B, T)`` (True = masked), or ``(mask, shape_index LongTensor (B,))``.
+    Returns ``BoolTensor (B, T)`` (True = masked).
     """
+    mask, _ = _inverse_block_mask_and_shapes(rng, grid, mask_ratio, mask_prob_adjust, block, padding_mask)
+    return mask
+
+
+def _inverse_block_mask_and_shapes(
+    rng: MaskRNG,
+    grid: Tuple[int, int],
+    mask_ratio: float,
+    mask_prob_adjust: float,
+    block: Union[Tuple[int, int], Sequence[Tuple[int, int]], int],
+    padding_mask: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`inverse_block_mask` and the index into ``block`` of the shape each row drew (``LongTensor (B,)``)."""
     n_t, n_f = int(grid[0]), int(grid[1])
     T = n_t * n_f
     B = rng.batch
@@ -370,7 +396,7 @@ def inverse_block_mask(
     score = score.masked_fill(~valid, _INT64_MAX)
     keep = _select_lowest(score, num_kept)
     mask = valid & ~keep
-    return (mask, s) if return_block_shapes else mask
+    return mask, s
 
 
 # ----------------------------------------------------------------------------------------------- clones

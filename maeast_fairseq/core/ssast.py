@@ -1,6 +1,6 @@
 """SSAST: Self-Supervised Audio Spectrogram Transformer (Gong et al., AAAI 2022), pure torch.
 
-The method, as in the official code (SYSTEMS.md section 2):
+The method, as in the official code (departures are numbered in ``docs/decisions.md``):
 
 1. the log-mel spectrogram arrives normalised by the front end (``(x - mean) / (2 std)``, AudioSet statistics,
    padded / cut to 1024 frames);
@@ -8,7 +8,7 @@ The method, as in the official code (SYSTEMS.md section 2):
    time = 512 tokens) or 128-bin x 2-frame frames (``frame`` model: 1 x 512), each projected by a linear layer (the
    official strided ``Conv2d``; its weight ``(D, 1, F, T)`` flattens to our ``(D, F*T)`` because a patch vector is
    freq-major inside the patch too);
-3. 400 of the 512 tokens are masked (78.1 %, trap 3): square clusters of 3-5 patches for the patch model, uniform
+3. 400 of the 512 tokens are masked (78.1 %, decision D3): square clusters of 3-5 patches for the patch model, uniform
    random for the frame model. A masked token's embedding is **replaced** by a learned ``mask_embed`` — unlike
    MAE-AST the encoder sees every token, masked or not;
 4. a CLS and a distillation token (DeiT; one token for ``base_nokd``) are prepended and learned positions
@@ -20,7 +20,7 @@ The method, as in the official code (SYSTEMS.md section 2):
    generative MSE term; the targets are the raw normalised patches. Loss = InfoNCE + 10 x MSE (criterion
    ``masked_recon_nce``).
 
-``passes`` picks how the two terms are computed (trap 2):
+``passes`` picks how the two terms are computed (decision D2):
 
 * ``'one'`` (default): one forward pass, one mask, both terms on it — as the loss is written in the paper
   (``L = L_d + lambda L_g``), as MAE-AST does, and at half the cost of ``'two'``;
@@ -28,18 +28,18 @@ The method, as in the official code (SYSTEMS.md section 2):
   InfoNCE from the first and MSE from the second. The second mask comes from the same per-clip
   :class:`~maeast_fairseq.core.rng.MaskRNG` (its next streams), so it is still a function of (seed, epoch, clip).
 
-The InfoNCE softmax axis (trap 1) is a criterion setting (``nce_orientation``), not a model one.
+The InfoNCE softmax axis (decision D1) is a criterion setting (``nce_orientation``), not a model one.
 
 Padding (``frame_padding``, True = padded frame): a token whose frames are all padding is never masked, never
-scored, never a negative, and no token attends to it. (The official code treats padding as data.)
+scored, never a negative, and no token attends to it. (The official code treats padding as data; decision D18.)
 
 Inputs of other lengths (downstream use) take the learned positions of the first time columns when shorter than
-``target_frames`` (``position_crop='start'``; SSAST's fine-tuning centre crop is ``'center'``) and a bilinear
-interpolation of the grid when longer.
+``target_frames`` (``position_crop='start'``; SSAST's fine-tuning centre crop is ``'center'``; decision D19) and a
+bilinear interpolation of the grid when longer.
 
-Masking differs from the official code where that code is biased (see :func:`~.masking.cluster_mask`): clusters
-are clipped in 2-D instead of wrapping across row ends, token 0 can be masked, and exactly 400 tokens are masked
-without the ``list(set)[:400]`` truncation bias.
+Masking differs from the official code where that code is biased (decision D4, :func:`~.masking.cluster_mask`):
+clusters are clipped in 2-D instead of wrapping across row ends, token 0 can be masked, and exactly 400 tokens are
+masked without the ``list(set)[:400]`` truncation bias.
 """
 
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from .base import CoreModel
 from .blocks import TransformerStack
 from .masking import cluster_mask, gather_visible, random_mask
 from .positions import LearnedPositions
@@ -104,7 +105,11 @@ def _prediction_head(dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out_dim))
 
 
-class Ssast(nn.Module):
+class Ssast(CoreModel):
+    pretraining_only = ("mask_embed", "cpred", "gpred")
+    default_pooling = "mean"  # of the patch tokens; 'cls' = the mean of CLS and DIST
+    head_norm_eps = 1e-5  # the official fine-tuning head: nn.LayerNorm's default
+
     def __init__(self, cfg: SsastConfig):
         super().__init__()
         self.cfg = cfg
@@ -200,8 +205,10 @@ class Ssast(nn.Module):
 
     # -- pretraining ----------------------------------------------------------------------------------------------
     def forward(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None,
-                mask_rng: Optional[MaskRNG] = None) -> Dict:
+                mask_rng: Optional[MaskRNG] = None, mask=None) -> Dict:
         """fbank: (B, T, F) normalised log-mel; frame_padding: (B, T) True = padding (None = every frame is data).
+        ``mask``: an explicit (B, N) bool mask (True = masked) instead of drawing one (e.g. to replay a recorded
+        mask); with ``passes='two'`` a pair ``(nce mask, mse mask)``.
 
         Returns ``recon`` (gpred) / ``nce`` (cpred) predictions and ``target`` patches at the masked positions, each
         (B, M, P), ``target_valid`` (B, M), the token ``mask`` (B, N) and ``padding_mask`` (B, N) or None. With
@@ -212,31 +219,22 @@ class Ssast(nn.Module):
         tokens, patches, token_padding = self.embed(fbank, frame_padding)
         n_time = self.tokenizer.n_time(fbank.shape[1])
         rng = mask_rng.to(fbank.device) if mask_rng is not None else MaskRNG.from_generator(None, b, fbank.device)
-        out = self._masked_pass(tokens, patches, self.make_mask(rng, n_time, token_padding), token_padding, n_time)
+        given = list(mask) if isinstance(mask, (tuple, list)) else ([mask] if mask is not None else [])
+
+        def next_mask():
+            if not given:
+                return self.make_mask(rng, n_time, token_padding)
+            m = given.pop(0).to(device=fbank.device, dtype=torch.bool)
+            if tuple(m.shape) != tuple(tokens.shape[:2]):
+                raise ValueError(f"mask must be (batch, tokens) = {tuple(tokens.shape[:2])}, got {tuple(m.shape)}")
+            return m if token_padding is None else m & ~token_padding
+
+        out = self._masked_pass(tokens, patches, next_mask(), token_padding, n_time)
         if self.cfg.passes == "two":
             # the official joint task: a second, independently masked forward pass for the generative term
-            second = self._masked_pass(tokens, patches, self.make_mask(rng, n_time, token_padding), token_padding,
-                                       n_time)
+            second = self._masked_pass(tokens, patches, next_mask(), token_padding, n_time)
             out = dict(out, terms={"nce": dict(out), "mse": second})
         return out
-
-    def paper_parameter_count(self) -> Dict[str, int]:
-        """Parameter counts under three rules; the README's "Base (89M)" is the third (base: 88.76M).
-
-        SSAST's pretraining module keeps timm's DeiT classifier heads inside its ViT although they are never used
-        (``head`` and, for the distilled models, ``head_dist``: ``Linear(D, 1000)`` each); we do not build them.
-        """
-        d = self.cfg.embed_dim
-        kept = self.extra_tokens.numel() + sum(
-            p.numel() for m in (self.patch_embed, self.positions, self.encoder) for p in m.parameters())
-        pretraining = kept + self.mask_embed.numel() + sum(
-            p.numel() for m in (self.cpred, self.gpred) for p in m.parameters())
-        timm_heads = min(self.cfg.num_extra_tokens, 2) * (d * 1000 + 1000)
-        return {
-            "encoder, patch embed, CLS/DIST, positions (downstream)": kept,
-            "+ mask embed + cpred/gpred (our pretraining model)": pretraining,
-            "+ timm's unused ImageNet heads (SSAST README: 89M)": pretraining + timm_heads,
-        }
 
     # -- downstream -----------------------------------------------------------------------------------------------
     def extract_features(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None) -> Dict:

@@ -96,7 +96,7 @@ class Tokenizer:
 
 
 class PatchEmbed(torch.nn.Module):
-    """Tokeniser + linear projection of each flattened patch (equivalent to the seeds' strided ``Conv2d``)."""
+    """Tokeniser + linear projection of each flattened patch (equivalent to the official code's strided ``Conv2d``)."""
 
     def __init__(self, tokenizer: Tokenizer, dim: int):
         super().__init__()

@@ -5,7 +5,7 @@
 * ``label_smoothing`` (EAT's ESC-50 / SPC-2 scripts: 0.1): torch's for CE; for BCE ``y (1 - e) + e / C`` (timm).
   Applied after mixup, which mixes the hard labels.
 * ``bce_normalisation``: the summed BCE is divided by ``batch`` = the number of clips, ``positives`` = the number
-  of positive labels of the (mixed) targets (EAT's AudioSet recipe, SYSTEMS.md trap 14), or ``elements`` = clips x
+  of positive labels of the (mixed) targets (EAT's AudioSet recipe, decision D14), or ``elements`` = clips x
   classes (SSAST's ``BCEWithLogitsLoss()`` mean). fairseq divides the gradient by the summed ``sample_size``, so
   the normalisation is exact over workers and gradient-accumulation steps.
 * Logged: ``loss``; ``accuracy`` (percent, top-1 against the unmixed labels) for single-label data; ``mAP``
@@ -30,7 +30,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from fairseq.logging.meters import Meter
 
-from ..core.classifier import mean_average_precision
+from ..core.metrics import mean_average_precision, num_correct
 
 LOSSES = ("auto", "ce", "bce")
 BCE_NORMS = ("batch", "positives", "elements")
@@ -76,7 +76,7 @@ class MapMeter(Meter):
     def smoothed_value(self) -> float:
         if not self.scores:
             return float("nan")
-        return round(mean_average_precision(torch.cat(self.scores), torch.cat(self.targets)), 2)
+        return round(100.0 * mean_average_precision(torch.cat(self.scores), torch.cat(self.targets)), 2)
 
 
 @register_criterion("maeast_classification", dataclass=ClassificationCriterionConfig)
@@ -122,7 +122,7 @@ class ClassificationCriterion(FairseqCriterion):
             "ntokens": sample.get("ntokens", b),
         }
         if not self.multi_label:
-            logging_output["correct"] = (logits.argmax(-1) == target.argmax(-1)).sum().detach()
+            logging_output["correct"] = num_correct(logits, target).detach()
         if not model.training and (self.multi_label or self.cfg.report_map):
             scores, targets, valid = rows_of_all_workers(logits.detach(), (target > 0.5).to(logits.dtype))
             logging_output.update({"_map_scores": scores, "_map_targets": targets, "_map_valid": valid})

@@ -1,4 +1,4 @@
-"""Criterion ``eat_ufo``: EAT's Utterance-Frame Objective with EAT's exact scaling (SYSTEMS 4.5, trap 11).
+"""Criterion ``eat_ufo``: EAT's Utterance-Frame Objective with EAT's exact scaling (decision D11).
 
 ``loss = sum_masked ||y_hat - y||^2 / sqrt(D) + w * M * sum_rows ||c - y_bar||^2 / sqrt(D)`` and
 ``sample_size = M`` (masked tokens), so fairseq's trainer, which divides the summed gradients by the total
@@ -11,21 +11,105 @@ Every logging output is a sum over samples (values that are means are logged mul
 divided back in :meth:`reduce_metrics`), so outputs of several workers can simply be summed (CPU DDP).
 
 Teacher-target collapse: every forward's ``target_var`` goes through a
-:class:`~maeast_fairseq.core.eat.TargetCollapseMonitor` (``min_target_var``, default 0.1 as data2vec 2.0 / EAT;
+:class:`TargetCollapseMonitor` (``min_target_var``, default 0.1 as data2vec 2.0 / EAT;
 ``collapse_warn_interval`` updates between repeated warnings). Each collapsed forward counts 1 in
 ``target_collapsed``, a *sum* in the logs (collapsed forwards over all workers in the log interval; 0 when healthy)
 next to the mean ``target_var``. The run goes on (data2vec 2.0 / EAT stop it): the warning says what to look at.
-The example yamls do not list these two fields, so override them with a ``+``: ``+criterion.min_target_var=0.2``.
+The example EAT yamls list both fields (``criterion.min_target_var=0.2`` overrides without a ``+``).
 """
 
+import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
-from ..core.eat import COLLAPSE_WARN_INTERVAL, MIN_TARGET_VAR, TargetCollapseMonitor, ufo_loss
+from ..core.losses import ufo_loss
+
+logger = logging.getLogger(__name__)
+
+#: Default floor on ``target_var`` below which the teacher targets count as collapsed (see
+#: :class:`TargetCollapseMonitor`): data2vec 2.0's and EAT's own ``min_target_var``.
+MIN_TARGET_VAR = 0.1
+#: Default number of updates between two collapse warnings while the targets stay collapsed.
+COLLAPSE_WARN_INTERVAL = 1000
+
+
+class TargetCollapseMonitor:
+    """Detects a collapse of EAT's teacher targets from ``target_var`` and logs it, rate-limited.
+
+    ``target_var`` is :func:`~maeast_fairseq.core.losses.regression_var` of the targets at the masked positions: the
+    mean over the D features of their standard deviation across the masked tokens. EAT's targets are
+    instance-normalised per channel and layer-normalised per token, so a healthy teacher gives ``target_var``
+    close to 1 (0.98-1.0 at initialisation, > 0.5 throughout the tiny configs' runs, also on a batch of digital
+    silence: the positions keep the tokens apart). A teacher whose FFN outputs stop varying over the tokens gives
+    targets ~0 (the instance norm divides a ~0 spread by ``sqrt(eps)``) and ``target_var -> sqrt(1e-6) = 1e-3``:
+    the student can then reach a near-zero loss by predicting zeros and learns nothing.
+
+    Threshold: an **absolute** floor, ``min_target_var = 0.1`` by default -- the ``min_target_var`` of data2vec 2.0
+    and EAT (which stop the run there after 5000 updates; we warn from the first update, since normalised targets
+    start near 1). Absolute rather than relative to the first value because the normalisation fixes the healthy
+    scale a priori, and an initial value would be one more piece of state to carry through checkpoint resumes.
+    With ``instance_norm_targets`` and ``layer_norm_targets`` both off the targets keep the teacher's raw scale and
+    the floor should be set from a healthy run's ``target_var``. Note that the instance norm also *hides* a partial
+    collapse: targets are rescaled to unit spread as long as the raw per-channel variance over the tokens stays
+    above its ``eps`` (1e-5), so this detects the collapse once the raw spread is below that.
+
+    :meth:`update` is called once per forward; a NaN ``target_var`` also counts as collapsed. While collapsed, one
+    warning (logger ``maeast_fairseq.criterions.eat_ufo``) is emitted at the first collapsed forward and then at
+    most once every ``warn_interval`` updates (``step``; the number of calls when no step is given), each saying how
+    many collapsed forwards there were so far; the first healthy forward after a collapse logs a recovery message.
+    ``min_target_var <= 0`` disables the check.
+    """
+
+    def __init__(self, min_target_var: float = MIN_TARGET_VAR, warn_interval: int = COLLAPSE_WARN_INTERVAL,
+                 name: str = "EAT"):
+        self.min_target_var = float(min_target_var)
+        self.warn_interval = max(int(warn_interval), 1)
+        self.name = name
+        self.collapsed_forwards = 0  # total so far
+        self._calls = 0
+        self._in_collapse = False
+        self._last_warn_step: Optional[int] = None
+        self._since_warn = 0
+
+    def update(self, target_var, step: Optional[int] = None) -> bool:
+        """Check one forward's ``target_var`` (float or 0-d tensor); returns True if the targets are collapsed."""
+        self._calls += 1
+        if self.min_target_var <= 0:
+            return False
+        value = float(target_var)
+        step = self._calls - 1 if step is None else int(step)
+        collapsed = not value >= self.min_target_var  # NaN counts as collapsed
+        if not collapsed:
+            if self._in_collapse:
+                logger.warning("%s teacher targets recovered: target_var=%.4g >= min_target_var=%g at update %d "
+                               "(after %d collapsed forward(s) in all)", self.name, value, self.min_target_var, step,
+                               self.collapsed_forwards)
+            self._in_collapse = False
+            self._last_warn_step = None
+            self._since_warn = 0
+            return False
+        self._in_collapse = True
+        self.collapsed_forwards += 1
+        self._since_warn += 1
+        last = self._last_warn_step
+        if last is None or step < last or step - last >= self.warn_interval:
+            logger.warning(
+                "%s teacher targets have collapsed: target_var=%.4g < min_target_var=%g at update %d (%d collapsed "
+                "forward(s) since the last warning, %d in all; next warning in >= %d updates while it lasts). The "
+                "targets barely vary over the tokens, so the student learns nothing: check the teacher's weights, "
+                "the EMA decay and the learning rate.", self.name, value, self.min_target_var, step,
+                self._since_warn, self.collapsed_forwards, self.warn_interval,
+            )
+            self._last_warn_step = step
+            self._since_warn = 0
+        return True
+
+
 
 
 @dataclass

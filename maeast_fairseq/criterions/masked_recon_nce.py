@@ -8,7 +8,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
-from ..core.losses import info_nce, masked_mse
+from ..core.losses import nce_mse_loss, ssast_logged_accuracy
 
 
 @dataclass
@@ -32,13 +32,8 @@ class MaskedReconNceCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         out = model(**sample["net_input"])
-        terms = out.get("terms")  # models with separate passes per term (SSAST official) return them per term
-        nce_out = terms["nce"] if terms else out
-        mse_out = terms["mse"] if terms else out
-        nce, acc = info_nce(nce_out["nce"], nce_out["target"], nce_out["target_valid"],
-                            orientation=self.cfg.nce_orientation)
-        mse = masked_mse(mse_out["recon"], mse_out["target"], mse_out["target_valid"])
-        loss = self.cfg.nce_weight * nce + self.cfg.reconstruction_weight * mse
+        loss, nce, mse, acc = nce_mse_loss(out, self.cfg.nce_weight, self.cfg.reconstruction_weight,
+                                           self.cfg.nce_orientation)
         masked = out["target_valid"].sum()
         logging_output = {
             "loss": loss.detach(),
@@ -50,6 +45,10 @@ class MaskedReconNceCriterion(FairseqCriterion):
             "nsentences": sample["net_input"]["fbank"].shape[0],
             "sample_size": 1,
         }
+        if self.cfg.nce_orientation == "predictions":  # SSAST's own accuracy metric, comparable with its curves
+            nce_out = (out.get("terms") or {}).get("nce", out)
+            logging_output["acc_ssast"] = ssast_logged_accuracy(nce_out["nce"], nce_out["target"],
+                                                                nce_out["target_valid"]).detach()
         return loss, 1, logging_output
 
     @staticmethod
@@ -60,6 +59,8 @@ class MaskedReconNceCriterion(FairseqCriterion):
         n = max(total("sample_size"), 1.0)  # one per worker and step: the logged values are means over workers
         for key in ("loss", "nce", "mse", "acc"):
             metrics.log_scalar(key, total(key) / n, n, round=4)
+        if any("acc_ssast" in log for log in logging_outputs):  # nce_orientation=predictions: SSAST's metric
+            metrics.log_scalar("acc_ssast", total("acc_ssast") / n, n, round=4)
         metrics.log_scalar("masked_tokens", total("masked_tokens") / n, n, round=1)
 
     @staticmethod

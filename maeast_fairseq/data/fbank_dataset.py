@@ -5,15 +5,18 @@ Bad input is an error naming the manifest, its line and the fix, or - where the 
 count, never silently dropped or altered data:
 
 * at construction: a malformed manifest (:func:`~maeast_fairseq.data.manifest.read_manifest`), a manifest with no
-  clip line, a root folder (line 1) that does not exist or under which none of the first clips exist, a clip shorter
-  than one patch (its length at the model rate: a file at another rate is probed for its rate first). The length
+  clip line, a root folder (line 1) that does not exist or under which none of the first clips exist, clips shorter
+  than one patch at the model rate, whatever their file's rate (every clip that could be that short at some rate is
+  probed for its rate): ``short_clip_policy="error"`` lists every one of them in one error, with its length in
+  seconds; ``"drop"`` drops and counts them (logged; the pretraining yamls choose it). The length
   filters ``min_sample_size`` / ``max_sample_size`` drop clips by their manifest count (samples *at the file's own
   rate*, as the manifest lists them) and log how many they dropped;
 * when a clip is loaded: a missing / unreadable / empty / truncated file or NaN / Inf samples
   (:mod:`maeast_fairseq.audio`), and a file whose frame count is not the manifest's (the file changed after the
   manifest was written: regenerate it; ``maeast-manifest --check`` lists every such line);
 * when batching: a clip longer than ``dataset.max_tokens`` (fairseq would only say that "sentence lengths should not
-  exceed max_tokens").
+  exceed max_tokens"). The clips left over after the last full multiple of ``dataset.required_batch_size_multiple``
+  form smaller batches (fairseq would drop them, and a split smaller than the multiple would be empty).
 
 Long clips: a clip far longer than anything the length policy keeps is not decoded whole. Under ``fixed`` the model
 sees the first ``target_frames`` frames, under ``crop_to_shortest`` with ``max_frames`` > 0 a crop of at most
@@ -37,8 +40,8 @@ from torch.nn.utils.rnn import pad_sequence
 from ..audio import AudioError, audio_info, num_resampled, read_clip
 from ..core.rng import MaskRNG
 from ..fbank import Fbank, num_frames
-from ..frontend import check_frontend, collate_features, fbank_config, kept_frames
-from .manifest import ManifestError, read_manifest
+from ..frontend import Frontend
+from .manifest import ManifestError, map_in_threads, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +50,46 @@ CROP_SALT = 0x5EED  # crop offsets use another random stream than the model's ma
 LONG_CLIP_FACTOR = 4
 #: clips whose files are looked up at construction to tell a wrong root (line 1) from a few missing files
 ROOT_PROBE = 8
+#: what a clip shorter than one patch does: ``error`` lists every such clip at once; ``drop`` drops and counts them
+SHORT_CLIP_POLICIES = ("error", "drop")
+#: a clip is probed for its sample rate when it could be shorter than one patch at a rate up to this
+MAX_PROBED_RATE = 384000
+#: threads reading audio headers at construction
+PROBE_WORKERS = 8
+#: short clips listed in an error / log
+SHOW_SHORT = 20
+
+
+def min_samples_for_frames(frames: int, cfg) -> int:
+    """The fewest samples (at ``cfg.sample_rate``) that give at least ``frames`` fbank frames."""
+    lo, hi = 0, max(1, int(cfg.window_size))
+    while int(num_frames(hi, cfg)) < frames:
+        hi *= 2
+    while lo < hi:  # num_frames is non-decreasing in the sample count
+        mid = (lo + hi) // 2
+        if int(num_frames(mid, cfg)) >= frames:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 class FbankDataset(FairseqDataset):
     def __init__(self, manifest: str, frontend, *, min_sample_size: int = 0, max_sample_size: int = 0,
-                 min_frames: int = 1, shuffle: bool = True, seed: int = 1):
+                 min_frames: int = 1, shuffle: bool = True, seed: int = 1, short_clip_policy: str = "error"):
         super().__init__()
-        check_frontend(frontend)
+        self.frontend_module = Frontend(frontend)  # checks the config; the fbank, normalisation and collation
         self.manifest = manifest
         self.frontend = frontend
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 1
-        self.fbank = Fbank(fbank_config(frontend))
         # fbank_on_device: items are waveforms; the task computes the batched fbank on the training device
         self.on_device = bool(getattr(frontend, "fbank_on_device", False))
         self.min_frames = min_frames
+        if short_clip_policy not in SHORT_CLIP_POLICIES:
+            raise ValueError(f"short_clip_policy must be one of {', '.join(SHORT_CLIP_POLICIES)}, got "
+                             f"{short_clip_policy!r}")
         root, entries = read_manifest(manifest)
         if not entries:
             raise ManifestError(manifest, None, "has no clip line, only the root folder; list the clips as "
@@ -83,9 +110,7 @@ class FbankDataset(FairseqDataset):
                 f"long); lower task.min_sample_size / raise task.max_sample_size"
             )
         cfg = self.fbank.cfg
-        for e in self.entries:
-            if num_frames(e.num_samples, cfg) < min_frames:
-                self._check_short(e, min_frames)
+        self._apply_short_clip_policy(short_clip_policy)
         self.sizes = np.array([e.num_samples for e in self.entries], dtype=np.int64)
         if frontend.length_policy == "fixed":
             target = frontend.target_frames * int(cfg.sample_rate * cfg.frame_shift_ms / 1000)
@@ -97,6 +122,11 @@ class FbankDataset(FairseqDataset):
         self.max_load_samples: Optional[int] = (
             LONG_CLIP_FACTOR * ((kept - 1) * cfg.window_shift + cfg.window_size) if kept > 0 else None
         )
+
+    @property
+    def fbank(self) -> Fbank:
+        """The front end's Kaldi fbank (``fbank.cfg``: the frame geometry)."""
+        return self.frontend_module.fbank
 
     def _check_root(self, root: str, entries) -> None:
         """A wrong root (line 1) fails here, not as a missing file at the first batch."""
@@ -113,26 +143,67 @@ class FbankDataset(FairseqDataset):
                 f"{probe[0].line}: {probe[0].path}); is line 1 the folder the paths are relative to? Fix: correct "
                 f"line 1 or the paths (`maeast-manifest --check {self.manifest}` lists every missing file)")
 
-    def _check_short(self, e, min_frames: int) -> None:
-        """Raise for a clip shorter than one patch at the model rate (the manifest counts samples at the file's own
-        rate: a file at another rate is probed for its rate before the verdict)."""
+    def _short_clips(self) -> list:
+        """``(entry, sample_rate, frames)`` of every kept clip shorter than one patch (``min_frames``) at the model
+        rate, in manifest order.
+
+        The manifest counts samples at each file's own rate, so a clip's length in frames needs its rate: every clip
+        that would be short at some rate up to :data:`MAX_PROBED_RATE` Hz is probed (header only, in threads); the
+        others are long enough at any rate."""
         cfg = self.fbank.cfg
-        n = e.num_samples
-        try:
-            _, sr, _ = audio_info(e.path)
-        except AudioError as err:
-            raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
-        if sr != cfg.sample_rate:
-            n = num_resampled(e.num_samples, sr, int(cfg.sample_rate))
-        frames = int(num_frames(n, cfg))
-        if frames < min_frames:
-            min_samples = int(min_frames * cfg.sample_rate * cfg.frame_shift_ms / 1000) + 400
-            raise ValueError(
-                f"{self.manifest}:{e.line}: {e.path} has {e.num_samples} samples"
-                f"{f' at {sr} Hz' if sr != cfg.sample_rate else ''} = {frames} frames, fewer than one patch "
-                f"({min_frames} frames). Remove it from the manifest or drop such clips with "
-                f"task.min_sample_size={min_samples}"
-            )
+        model_rate = int(cfg.sample_rate)
+        need = min_samples_for_frames(self.min_frames, cfg)  # model-rate samples of one patch
+        suspects = [e for e in self.entries if e.num_samples * model_rate < need * MAX_PROBED_RATE]
+        if not suspects:
+            return []
+
+        def rate_of(e):
+            try:
+                return audio_info(e.path)[1]
+            except AudioError as err:
+                if num_frames(e.num_samples, cfg) < self.min_frames:  # short as listed: its problem is reported now
+                    raise AudioError(f"{self.manifest}:{e.line}: {err}") from None
+                return None  # else the loader reports it, naming the line, when it reads the clip
+
+        short = []
+        for e, sr in zip(suspects, map_in_threads(rate_of, suspects, PROBE_WORKERS)):
+            if sr is None:
+                continue
+            n = e.num_samples if sr == model_rate else num_resampled(e.num_samples, sr, model_rate)
+            frames = int(num_frames(n, cfg))
+            if frames < self.min_frames:
+                short.append((e, sr, frames))
+        return short
+
+    def _apply_short_clip_policy(self, policy: str) -> None:
+        """Clips shorter than one patch: all reported at once (``error``), or dropped and counted (``drop``)."""
+        short = self._short_clips()
+        if not short:
+            return
+        cfg = self.fbank.cfg
+        need = min_samples_for_frames(self.min_frames, cfg)
+        patch = (f"one patch ({self.min_frames} frames) needs {need / cfg.sample_rate:.3f} s of audio at any sample "
+                 f"rate ({need} samples at {int(cfg.sample_rate)} Hz)")
+        listed = [f"{self.manifest}:{e.line}: {e.path} has {e.num_samples} samples at {sr} Hz "
+                  f"({e.num_samples / sr:.3f} s) = {frames} frames, fewer than one patch ({self.min_frames} frames)"
+                  for e, sr, frames in short]
+        if policy == "drop":
+            gone = {id(e) for e, _, _ in short}
+            self.entries = [e for e in self.entries if id(e) not in gone]
+            logger.info(f"{self.manifest}: dropped {len(short)} clip(s) shorter than one patch "
+                        f"(task.short_clip_policy=drop; {patch}); first {min(len(short), SHOW_SHORT)}:\n  "
+                        + "\n  ".join(listed[:SHOW_SHORT]))
+            if not self.entries:
+                raise ValueError(f"{self.manifest}: every clip is shorter than one patch ({patch}): none is left "
+                                 f"(first: {listed[0]}). Fix: give this split longer clips (e.g. another "
+                                 "maeast-manifest --seed or --valid-percent), or use a model with shorter patches")
+            return
+        more = f"\n  ... and {len(short) - SHOW_SHORT} more" if len(short) > SHOW_SHORT else ""
+        raise ValueError(
+            f"{self.manifest}: {len(short)} clip(s) shorter than one patch; {patch}:\n  "
+            + "\n  ".join(listed[:SHOW_SHORT]) + more
+            + f"\nFix: task.short_clip_policy=drop drops and counts them (--short-clip-policy drop with "
+            "fairseq-train), or remove them from the manifest")
 
     # -- items -----------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -151,10 +222,7 @@ class FbankDataset(FairseqDataset):
                 f"{clip.sample_rate} Hz): the file changed after the manifest was written, or the line is wrong. "
                 f"Fix: regenerate the manifest with maeast-manifest (`maeast-manifest --check {self.manifest}` "
                 "lists every such line)")
-        wav = clip.wav
-        if self.frontend.subtract_waveform_mean:
-            wav = wav - wav.mean()
-        wav = self.augment_waveform(wav, index)
+        wav = self.augment_waveform(self.frontend_module.remove_mean(clip.wav), index)
         if self.on_device:
             self._check_frames(e, int(num_frames(wav.shape[0], self.fbank.cfg)))
             return {"id": index, "wav": wav}
@@ -181,7 +249,7 @@ class FbankDataset(FairseqDataset):
         crop_u = MaskRNG.from_ids(self.seed ^ CROP_SALT, self.epoch, ids).uniform()
         if self.on_device:
             return self._collate_waveforms(samples, ids, crop_u)
-        x, frame_padding, lengths = collate_features([s["fbank"] for s in samples], self.frontend, crop_u)
+        x, frame_padding, lengths = self.frontend_module.collate([s["fbank"] for s in samples], crop_u)
         return {
             "id": ids,
             "nsentences": len(samples),
@@ -206,7 +274,7 @@ class FbankDataset(FairseqDataset):
         return {
             "id": ids,
             "nsentences": len(samples),
-            "ntokens": int(kept_frames(frame_lengths, self.frontend).sum()),
+            "ntokens": int(self.frontend_module.kept_frames(frame_lengths).sum()),
             # lengths and crop offsets as numpy arrays: fairseq moves tensors to the device, these stay on the host
             # so the length policy needs no device-to-host read
             "net_input": {"wav_bits": padded.view(torch.int32), "wav_lengths": wav_lengths.numpy(),
@@ -248,8 +316,22 @@ class FbankDataset(FairseqDataset):
                 raise ValueError(
                     f"{self.manifest}: {len(over)} clip(s) longer than dataset.max_tokens={int(max_tokens)} samples, "
                     f"so no batch can hold them ({shown}). Fix: {fix}")
-        return super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
-                                     required_batch_size_multiple=required_batch_size_multiple)
+        batches = super().batch_by_size(indices, max_tokens=max_tokens, max_sentences=max_sentences,
+                                        required_batch_size_multiple=required_batch_size_multiple)
+        # fairseq drops the clips left over after the last full multiple of required_batch_size_multiple (all of a
+        # split smaller than the multiple: "The dataset is empty"); they form smaller batches of their own instead
+        covered = np.concatenate([np.asarray(b, dtype=np.int64) for b in batches]) if len(batches) else \
+            np.zeros(0, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        left = indices[~np.isin(indices, covered)]
+        if len(left):
+            extra = super().batch_by_size(left, max_tokens=max_tokens, max_sentences=max_sentences,
+                                          required_batch_size_multiple=1)
+            logger.info(f"{self.manifest}: {len(left)} clip(s) fill no batch of a multiple of "
+                        f"dataset.required_batch_size_multiple={required_batch_size_multiple}: they form "
+                        f"{len(extra)} smaller batch(es) instead of being dropped")
+            batches = list(batches) + list(extra)
+        return batches
 
     def ordered_indices(self):
         """Shuffled, then sorted by length (longest first) so batches are length-homogeneous (MAE-AST crops every

@@ -23,25 +23,32 @@ Two ways to read:
 
 Truncated WAV files (the header declares more audio than the file holds, e.g. an interrupted copy
 or download) are decoded by libsndfile up to where the data stops, *without an error*: the frame
-count it reports is silently the shorter one.  :func:`wav_truncation` reads the RIFF header itself
-to catch them; :func:`probe_audio` records the result and both the manifest tool and the loader
-(:mod:`maeast_fairseq.audio`) refuse such files (the missing part is lost; re-copy the file).
+count it reports is silently the shorter one.  :func:`maeast_fairseq.audio.wav_truncation` reads the
+RIFF header itself to catch them; :func:`probe_audio` records the result and both the manifest tool
+and the loader (:mod:`maeast_fairseq.audio`) refuse such files (the missing part is lost; re-copy
+the file).
 
-This module needs only the standard library and ``soundfile`` (no torch, no fairseq).
+This module needs the standard library, ``soundfile`` and :mod:`maeast_fairseq.audio` (no fairseq).
 """
 
 from __future__ import annotations
 
 import os
+import random
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import soundfile as sf
 
+from ..audio import wav_truncation
+
 __all__ = [
     "LABEL_LIST_NAME",
     "AudioProbe",
+    "assign_splits",
+    "split_sizes",
     "ManifestEntry",
     "ManifestError",
     "Problem",
@@ -52,7 +59,6 @@ __all__ = [
     "map_in_threads",
     "parse_label_line",
     "probe_audio",
-    "wav_truncation",
     "read_label_list",
     "read_labels",
     "read_manifest",
@@ -430,55 +436,12 @@ def probe_audio(path: str) -> AudioProbe:
     """Read the frame count, sample rate and channel count of an audio file (header only).
 
     ``truncated`` is set for a WAV file whose header declares more audio than the file holds
-    (:func:`wav_truncation`); ``num_samples`` is then what libsndfile can decode.
+    (:func:`maeast_fairseq.audio.wav_truncation`); ``num_samples`` is then what libsndfile can decode.
     Raises ``soundfile.SoundFileError`` (unreadable / unknown format) or ``OSError``.
     """
     info = sf.info(path)
     return AudioProbe(num_samples=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels),
                       truncated=wav_truncation(path))
-
-
-#: ``data`` chunk sizes that streaming writers (ffmpeg / sox / arecord to a pipe) put in the header when they
-#: cannot seek back to write the real size: they mean "unknown length", not "truncated".
-_WAV_PLACEHOLDER_SIZES = frozenset({0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000})
-
-
-def wav_truncation(path: str) -> tuple[int, int] | None:
-    """``(declared_frames, held_frames)`` when ``path`` is a RIFF/WAVE file whose ``data`` chunk claims more bytes
-    than the file holds (a truncated file), else ``None`` (not a WAV file, complete, RF64, or a streaming header
-    with a placeholder size).
-
-    Only the chunk headers are read (a few small reads); malformed headers give ``None`` (soundfile reports those).
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-                return None
-            order = "little" if head[:4] == b"RIFF" else "big"
-            pos, block_align = 12, 0
-            while pos + 8 <= size:
-                f.seek(pos)
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return None
-                cid, csize = chunk[:4], int.from_bytes(chunk[4:], order)
-                if cid == b"fmt ":
-                    fmt = f.read(min(csize, 16))
-                    if len(fmt) >= 14:
-                        block_align = int.from_bytes(fmt[12:14], order)
-                elif cid == b"data":
-                    if csize in _WAV_PLACEHOLDER_SIZES or block_align <= 0:
-                        return None
-                    held = size - (pos + 8)
-                    if csize > held:
-                        return csize // block_align, held // block_align
-                    return None
-                pos += 8 + csize + (csize & 1)  # chunks are padded to an even size
-    except OSError:
-        return None
-    return None
 
 
 def describe_audio_error(exc: BaseException) -> str:
@@ -623,3 +586,102 @@ def check_manifest(tsv_path: str | os.PathLike, *, sample_rate: int | None = Non
 
     problems.sort(key=lambda p: (p.file, p.line if p.line is not None else 0))
     return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Splitting: group-aware, stratified by label
+# ----------------------------------------------------------------------------------------------
+
+
+def split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
+    """Clip counts of the held-out splits for ``n`` clips: ``round(n * fraction)`` each, at least 1 where the fraction
+    is > 0 (and there are enough clips), so that at least one clip is left for training.
+
+    Raises ``ValueError`` when the fractions leave nothing to train on.
+    """
+    if sum(fractions) >= 1:
+        raise ValueError(f"the held-out fractions {list(fractions)} add up to {sum(fractions):g}; they must leave "
+                         "some clips for training (sum < 1)")
+    sizes = [max(round(n * f), 1) if f > 0 else 0 for f in fractions]
+    while sum(sizes) > n - 1 and any(sizes):  # keep one clip for training: shrink the largest held-out split
+        sizes[sizes.index(max(sizes))] -= 1
+    return sizes
+
+
+def assign_splits(groups: Sequence[str], labels: Sequence[Sequence[str]] | None, targets: Sequence[int],
+                  seed: int) -> list[int]:
+    """Assign every clip to one of ``len(targets)`` splits so that all clips of a group land in the same split.
+
+    ``groups[i]`` is clip ``i``'s group (speaker, kit, session; give each clip its own group for a split by clip),
+    ``labels[i]`` its labels (or ``labels=None``) and ``targets[s]`` the number of clips split ``s`` should get
+    (they add up to the number of clips). Returns the split index of every clip.
+
+    Greedy and deterministic in ``seed``: the groups, in a seeded random order and then largest first, each go to the
+    split that most needs their labels (the largest relative shortfall of those labels against the split's share of
+    them: stratification by label where the groups allow it), among the splits still below their clip target (all
+    splits when none is). Groups of one clip therefore give exactly ``targets`` clips per split. A split that is still
+    empty at the end while another holds two groups or more takes the smallest group of the largest split, so that
+    every split with a target > 0 gets a group when there are enough groups. Raises ``ValueError`` when there are
+    fewer groups than splits with a target > 0.
+    """
+    n = len(groups)
+    if sum(targets) != n:
+        raise ValueError(f"split targets {list(targets)} do not add up to the {n} clips")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    wanted = [s for s, t in enumerate(targets) if t > 0]
+    if len(members) < len(wanted):
+        raise ValueError(f"only {len(members)} group(s) for {len(wanted)} splits: every split needs a whole group; "
+                         "use fewer splits or a finer grouping")
+    label_names = sorted({lab for labs in labels for lab in labs}) if labels is not None else []
+    label_index = {lab: j for j, lab in enumerate(label_names)}
+    n_labels = len(label_names)
+    totals = [0] * n_labels
+    hist: dict[str, list[int]] = {}
+    for g, idx in members.items():
+        h = [0] * n_labels
+        if labels is not None:
+            for i in idx:
+                for lab in labels[i]:
+                    h[label_index[lab]] += 1
+        hist[g] = h
+        for j in range(n_labels):
+            totals[j] += h[j]
+    share = [t / n if n else 0.0 for t in targets]
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the seeded order
+    count = [0] * len(targets)
+    per_label = [[0] * n_labels for _ in targets]
+    split_of_group: dict[str, int] = {}
+
+    def label_need(s: int, g: str) -> float:
+        need = 0.0
+        for j, k in enumerate(hist[g]):
+            if k:
+                target = share[s] * totals[j]
+                need += k * (target - per_label[s][j]) / target if target > 0 else -k
+        return need
+
+    for g in order:
+        open_splits = [s for s in wanted if count[s] < targets[s]] or wanted
+        best = max(open_splits, key=lambda s: (round(label_need(s, g), 9),
+                                               (targets[s] - count[s]) / targets[s], -s))
+        split_of_group[g] = best
+        count[best] += len(members[g])
+        for j, k in enumerate(hist[g]):
+            per_label[best][j] += k
+    for s in wanted:  # a split left empty takes the smallest group of the split with the most groups
+        if count[s] == 0:
+            n_groups = Counter(split_of_group.values())
+            donor = max(wanted, key=lambda d: (n_groups.get(d, 0), count[d]))
+            g = min((g for g in order if split_of_group[g] == donor), key=lambda g: len(members[g]))
+            split_of_group[g] = s
+            count[s] += len(members[g])
+            count[donor] -= len(members[g])
+    out = [0] * n
+    for g, idx in members.items():
+        for i in idx:
+            out[i] = split_of_group[g]
+    return out

@@ -27,7 +27,7 @@ import numpy as np
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 
-#: pretraining packages: recorded instruments and drums (DATA.md); no Hydrogen kit (every kit is held out in one
+#: pretraining packages: recorded instruments and drums; no Hydrogen kit (every kit is held out in one
 #: fold of the drum task). The samples of a General-MIDI SoundFont are recordings of 128 instruments and several drum
 #: kits. Speech (fillets-ng-data-cs, klettres-data) was the first corpus; for this drum task it gave smaller gains
 #: (README). Adding the MuseScore General bank (musescore-general-soundfont, .sf3: 42 min more; add it here and to

@@ -42,7 +42,8 @@ class Recipe:
 WIDE = {
     "mae_ast": ["model.embed_dim=128", "model.encoder_layers=4", "model.ffn_dim=512", "model.decoder_embed_dim=128",
                 "model.decoder_ffn_dim=512"],
-    "eat": ["model.embed_dim=128", "model.depth=4", "model.decoder_dim=128", "model.average_top_k_layers=4"],  # all, as EAT
+    "eat": ["model.embed_dim=128", "model.encoder_layers=4", "model.ffn_dim=512", "model.decoder_embed_dim=128",
+            "model.average_top_k_layers=4"],  # all the layers, as EAT
     "ssast": ["model.embed_dim=128", "model.encoder_layers=4", "model.ffn_dim=512"],
 }
 
@@ -60,7 +61,7 @@ RECIPES = {
                     overrides=WIDE),
     "test": Recipe("test", pretrain_minutes=1.0, updates={"mae_ast": 6, "eat": 6, "ssast": 6}, batch_size=4,
                    head_steps=20, lr_sweep="1e-3", seeds="0,1,2", stats_clips=20,
-                   overrides={"mae_ast": ["model.encoder_layers=1"], "eat": ["model.depth=1", "model.average_top_k_layers=1"]}),
+                   overrides={"mae_ast": ["model.encoder_layers=1"], "eat": ["model.encoder_layers=1", "model.average_top_k_layers=1"]}),
 }
 
 
@@ -170,7 +171,7 @@ def _override(recipe: Recipe, method: str, key: str, default: float) -> float:
 
 def model_size(recipe: Recipe, method: str) -> str:
     """'128-wide 4-layer' from the recipe's overrides (the tiny configs: 64 wide, 2 layers)."""
-    layers = _override(recipe, method, "model.depth" if method == "eat" else "model.encoder_layers", 2)
+    layers = _override(recipe, method, "model.encoder_layers", 2)
     return f"{_override(recipe, method, 'model.embed_dim', 64):.0f}-wide {layers:.0f}-layer"
 
 

@@ -17,6 +17,9 @@ def _plt():
 
 
 def loss_curves(runs: Dict[str, Dict], path: str, titles: Dict[str, str]) -> str:
+    """One panel per run: ``run["curve"]`` (training records with ``num_updates``, ``loss`` and, when logged, the
+    loss terms) and, when given, ``run["valid"]`` (validation records, drawn as points) and ``run["seconds"]`` (in the
+    title)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.2), squeeze=False)
     for ax, (method, run) in zip(axes[0], runs.items()):
@@ -27,9 +30,16 @@ def loss_curves(runs: Dict[str, Dict], path: str, titles: Dict[str, str]) -> str
             for key, c in (("nce", "C1"), ("recon", "C2"), ("frame_loss", "C1"), ("utterance_loss", "C2")):
                 if key in curve[0]:
                     ax.plot(u, [r.get(key, np.nan) for r in curve], label=key, color=c, alpha=0.7, lw=1)
+            valid = [r for r in run.get("valid") or [] if "loss" in r]
+            if valid:
+                ax.plot([r["num_updates"] for r in valid], [r["loss"] for r in valid], "o-", label="valid loss",
+                        color="C3", ms=3)
             ax.legend(fontsize=7)
-            ax.set_yscale("log")
-        ax.set_title(f"{titles.get(method, method)}: {run['seconds']:.0f} s CPU", fontsize=9)
+            if min(r["loss"] for r in curve + valid) > 0:
+                ax.set_yscale("log")
+        seconds = run.get("seconds")
+        ax.set_title(titles.get(method, method) + (f": {seconds:.0f} s CPU" if seconds is not None else ""),
+                     fontsize=9)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
@@ -42,7 +52,7 @@ def loss_curves(runs: Dict[str, Dict], path: str, titles: Dict[str, str]) -> str
 def _clip_fbank(pre, wav: torch.Tensor, frames: int) -> torch.Tensor:
     """The clip's normalised log-mel (1, frames, F), cropped / zero-padded to ``frames`` as in pretraining."""
     from maeast_fairseq.frontend import normalise
-    lm = pre.log_mel(pre.prepare([wav]))[0]
+    lm = pre.log_mel(pre.prepare([wav], pre.sample_rate))[0]  # the demo's clips are at the model's rate
     if lm.shape[0] >= frames:
         lm = lm[:frames]
     else:
@@ -158,3 +168,32 @@ def teacher_student_cosine(ckpt: str, wavs: List[torch.Tensor], frames: int = 25
     if pred is None or tgt is None or pred.shape != tgt.shape:
         return float("nan")
     return float(torch.nn.functional.cosine_similarity(pred.flatten(0, -2), tgt.flatten(0, -2), dim=-1).mean())
+
+
+def confusion_figure(confusion, classes: List[str], path: str, title: str = "") -> str:
+    """A confusion matrix (rows: true class, columns: predicted) as a PNG: cells coloured by the row-normalised
+    fraction (recall along the diagonal), annotated with the clip counts when there are at most 30 classes."""
+    plt = _plt()
+    conf = np.asarray(confusion, dtype=np.float64)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    n = len(classes)
+    size = min(4 + 0.35 * n, 16)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if conf[i, j]:
+                    ax.text(j, i, f"{int(conf[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion matrix", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

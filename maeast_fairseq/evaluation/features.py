@@ -5,7 +5,7 @@ Upstreams (:func:`load_upstream`), all run frozen (``eval()``, ``no_grad``) on 1
 * ``PATH``: a checkpoint of ours (any method :func:`maeast_fairseq.checkpoint.load_pretrained` reads), its front end
   and normalisation statistics taken from the checkpoint, run through the embedding API
   (:meth:`maeast_fairseq.embed.Pretrained.embed`); layers = every hidden state (the encoder input, then each
-  block), each a time sequence as s3prl makes it (EVAL.md): the tokens of one time step concatenated over
+  block), each a time sequence as s3prl makes it: the tokens of one time step concatenated over
   frequency, ``(B, T_p * F_p, D) -> (B, T_p, F_p * D)``, one step per ``stride_time`` fbank frames. Clips longer
   than the training length are encoded in windows (``--chunk-seconds`` overrides the window).
 * ``random:PATH``: the same architecture and front end as ``PATH``, parameters re-initialised by the model's own
@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..audio import load_audio
-from ..fbank import Fbank
-from ..frontend import FrontendConfig, fbank_config, normalise
+from ..frontend import Frontend, FrontendConfig, padding_from_lengths
 
 #: bump when the extraction changes what a cache file holds
 EXTRACTOR_VERSION = 1
@@ -75,25 +74,13 @@ class Upstream:
                 "frame_rate_hz": self.frame_rate, "extraction": self.extraction}
 
 
-def _frontend_features(fbank: Fbank, frontend: FrontendConfig, wavs: Sequence[torch.Tensor], device):
-    """The checkpoint front end (as ``Pretrained.features``): normalised log-mel (B, T, F) + frame padding (B, T)."""
-    lengths = torch.tensor([len(w) for w in wavs], device=device)
-    x = torch.nn.utils.rnn.pad_sequence([w.to(device, torch.float32) for w in wavs], batch_first=True)
-    if frontend.subtract_waveform_mean:
-        valid = torch.arange(x.shape[1], device=device)[None] < lengths[:, None]
-        x = (x - (x * valid).sum(1, keepdim=True) / lengths[:, None]) * valid
-    feats, frames = fbank(x, lengths)
-    padding = torch.arange(feats.shape[1], device=device)[None] >= frames[:, None]
-    return normalise(feats, frontend), padding
-
-
 class LogmelUpstream(Upstream):
     kind = "logmel"
 
     def __init__(self, frontend: Optional[FrontendConfig] = None):
         self.frontend = frontend or FrontendConfig()
-        fb = fbank_config(self.frontend)
-        self.fbank = Fbank(fb)
+        self.frontend_module = Frontend(self.frontend)
+        fb = self.frontend_module.fbank.cfg
         f = self.frontend
         label = (f"logmel ({f.num_mel_bins}-bin Kaldi fbank, {f.window_type} window, "
                  f"{'waveform mean removed, ' if f.subtract_waveform_mean else ''}"
@@ -105,13 +92,14 @@ class LogmelUpstream(Upstream):
 
     def to(self, device):
         super().to(device)
-        self.fbank = self.fbank.to(self.device)
+        self.frontend_module = self.frontend_module.to(self.device)
         return self
 
     @torch.no_grad()
     def hidden_states(self, wavs):
-        feats, padding = _frontend_features(self.fbank, self.frontend, wavs, self.device)
-        return [feats], padding
+        # one batched fbank call; the padding follows each clip's frames
+        feats, frames = self.frontend_module.batch_log_mel(wavs)
+        return [self.frontend_module.normalise(feats)], padding_from_lengths(frames, feats.shape[1])
 
 
 def file_identity(path: str) -> dict:
@@ -164,7 +152,7 @@ def reinitialise(pretrained, seed: int) -> None:
     """Re-initialise every parameter of ``pretrained.model`` with the model's own initialiser (a fresh instance of
     its class built from its config under ``seed``, reduced to the encoder and given the same patch geometry);
     keep the buffers (normalisation running statistics, fixed position tables)."""
-    from ..checkpoint import apply_geometry, encoder_geometry, strip_pretraining_modules
+    from ..checkpoint import apply_geometry, encoder_geometry
 
     model = pretrained.model
     cfg = getattr(model, "cfg", None)
@@ -173,7 +161,7 @@ def reinitialise(pretrained, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = type(model)(cfg)
-        strip_pretraining_modules(fresh, pretrained.name)
+        fresh.remove_pretraining_modules()
         apply_geometry(fresh, encoder_geometry(model))
     new, own = fresh.state_dict(), model.state_dict()
     buffers = {name for name, _ in model.named_buffers()}

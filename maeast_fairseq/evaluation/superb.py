@@ -1,5 +1,5 @@
 """Frozen-upstream evaluation heads and their training loops (pure torch): the SUPERB protocol and the HEAR / ESC-50
-MLP protocol (facts in ``spec/EVAL.md``).
+MLP protocol.
 
 * :class:`WeightedLayerSum`: s3prl's Featurizer, ``sum_i softmax(w)_i * h_i`` with ``w`` initialised to zeros (so
   every layer weighs ``1 / (L + 1)`` at the start), optionally each ``h_i`` layer-normed over ``D`` first (off by
@@ -27,7 +27,7 @@ lower dev loss, then the earlier step) is the one tested. All the runs of an lr 
 batched computation (parameters stacked on a run axis, per-run Adam and clipping), which costs about as much as one
 run; each run is still exactly the plain loop of its own seed (``tests/test_superb.py`` checks it against
 ``torch.optim.Adam`` + ``clip_grad_norm_``). :func:`run_protocol` picks the lr with the best mean dev metric and
-reports test mean +- std (sample std, ddof 1) over the seeds.
+reports test mean +- std (sample std, ddof 1) over the head seeds.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core.metrics import accuracy, average_precision, mean_average_precision  # noqa: F401 (re-exported)
 
 PROTOCOLS = ("superb", "hear-mlp")
 #: the label printed beside every number a protocol produces
@@ -154,33 +156,8 @@ class PooledClassifier(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Metrics
+# Metrics: accuracy and mAP as fractions, from maeast_fairseq.core.metrics (one definition for the whole project)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == target).float().mean()) if len(target) else float("nan")
-
-
-def average_precision(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-class average precision: scores, target (N, C) (target 0/1). NaN for a class with no positives.
-
-    AP = mean over the positives of the precision at their rank (items sorted by descending score; ties keep the
-    input order, as a stable sort)."""
-    order = torch.sort(scores, dim=0, descending=True, stable=True).indices
-    t = torch.gather(target.float(), 0, order)  # (N, C) sorted
-    hits = t.cumsum(0)
-    ranks = torch.arange(1, t.shape[0] + 1, dtype=torch.float32, device=t.device)[:, None]
-    n_pos = t.sum(0)
-    ap = (hits / ranks * t).sum(0) / n_pos.clamp(min=1)
-    return torch.where(n_pos > 0, ap, torch.full_like(ap, float("nan")))
-
-
-def mean_average_precision(scores: torch.Tensor, target: torch.Tensor) -> float:
-    """mAP over the classes that have at least one positive."""
-    ap = average_precision(scores, target)
-    ap = ap[~torch.isnan(ap)]
-    return float(ap.mean()) if ap.numel() else float("nan")
 
 
 def chance_level(train_y: torch.Tensor, test_y: torch.Tensor, multilabel: bool) -> Dict[str, float]:
@@ -232,9 +209,10 @@ class RunResult:
     layer_weights: Optional[List[float]] = None
     history: List[Dict[str, float]] = field(default_factory=list)
     model: Optional[nn.Module] = None
+    test_scores: Optional[torch.Tensor] = None  #: the selected state's test logits (N, C), for per-class reports
 
     def to_json(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("model", "history", "config")}
+        d = {k: v for k, v in asdict(self).items() if k not in ("model", "history", "config", "test_scores")}
         d.update(lr=self.config.lr, seed=self.config.seed)
         return d
 
@@ -466,7 +444,8 @@ def run_protocol(train_x, train_y, dev_x, dev_y, test_x, test_y, num_classes: in
 
     The lr with the best mean dev metric over the seeds is selected (ties: the lower mean dev loss); its test metrics
     over the seeds are the result. Returns a JSON-ready dict (``selected_lr``, ``dev`` / ``test`` mean-std-values,
-    ``layer_weights`` (mean over seeds and per seed), ``per_lr``, ``runs``)."""
+    ``layer_weights`` (mean over seeds and per seed), ``per_lr``, ``runs``) plus ``test_scores``: the selected runs'
+    test logits ``(S, N, C)`` (a tensor, for per-class scores; drop it before writing JSON)."""
     configs = [TrainConfig(**{**asdict(base), "lr": float(lr), "seed": int(seed)}) for lr in lrs for seed in seeds]
     # runs share one batched computation, in groups that keep the (S, B, L+1, D) batch under ~256 MB
     per_run_bytes = 4 * 3 * min(base.batch_size, len(train_x)) * train_x.shape[1] * train_x.shape[2]
@@ -479,6 +458,9 @@ def run_protocol(train_x, train_y, dev_x, dev_y, test_x, test_y, num_classes: in
     for i, lr in enumerate(lrs):
         runs = results[i * len(seeds):(i + 1) * len(seeds)]
         for r in runs:
+            if r.model is not None and test_x is not None and len(test_x):
+                with torch.no_grad():
+                    r.test_scores = r.model(test_x).float().cpu()
             r.model = None
             if log:
                 log(f"    lr {lr:g} seed {r.config.seed}: best dev {r.dev_metric:.4f} at step {r.best_step}, "
@@ -497,6 +479,8 @@ def run_protocol(train_x, train_y, dev_x, dev_y, test_x, test_y, num_classes: in
         "test": {**sel["test"], "values": [r.test_metric for r in sel["runs"]]},
         "best_steps": [r.best_step for r in sel["runs"]],
         "layer_weights": {"mean_over_seeds": mean_w, "per_seed": weights},
+        "test_scores": (torch.stack([r.test_scores for r in sel["runs"]])
+                        if all(r.test_scores is not None for r in sel["runs"]) else None),
         "per_lr": [{"lr": p["lr"], "dev": p["dev"], "dev_loss": p["dev_loss"], "test": p["test"],
                     "runs": [r.to_json() for r in p["runs"]]}
                    for p in per_lr],

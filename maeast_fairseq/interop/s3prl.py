@@ -8,7 +8,7 @@
     out["hidden_states"]                                       # L+1 x (B, T, n_freq * D)
     upstream.get_downsample_rates("hidden_states")             # stride_time * 160 samples per time step
 
-As s3prl's own MAE-AST / SSAST wrappers (EVAL.md): the patch tokens of one time step are concatenated over
+As s3prl's own MAE-AST / SSAST wrappers: the patch tokens of one time step are concatenated over
 frequency (``(B, T_p, F_p * D)``), long inputs are encoded in windows of the training length and concatenated.
 The time axis is sized to ``T = round(max_len / rate)`` exactly, which is what s3prl's ``Featurizer`` expects
 (it asserts ``|T - round(max_len / rate)| < 5`` and cuts clip ``i`` to ``round(len_i / rate)`` steps): when a clip

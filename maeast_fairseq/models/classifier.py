@@ -15,19 +15,11 @@ import logging
 from dataclasses import dataclass
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models import BaseFairseqModel
 
-from ..core.classifier import (
-    AudioClassifier,
-    ClassifierConfig,
-    _prepare_encoder,
-    build_core,
-    classifier_from_pretrained,
-    drop_pretraining_modules,
-    load_checkpoint,
-    tag_parameters,
-)
-from .shell import check_state_dict
+from ..checkpoint import build_core, classifier_from_pretrained, read_checkpoint
+from ..core.classifier import AudioClassifier, ClassifierConfig, prepare_encoder, tag_parameters
+from .shell import check_state_dict, register_ours
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +29,17 @@ class ClassifierModelConfig(FairseqDataclass, ClassifierConfig):
     pass
 
 
-@register_model("maeast_classifier", dataclass=ClassifierModelConfig)
+@register_ours("maeast_classifier", dataclass=ClassifierModelConfig)
 class ClassifierModel(AudioClassifier, BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: ClassifierModelConfig, task=None):
         if cfg.encoder_cfg is not None and cfg.encoder_name:
             # rebuilding a fine-tuned model (fairseq's checkpoint loaders): the weights come from that checkpoint
-            core = build_core(cfg.encoder_name, dict(cfg.encoder_cfg))
-            drop_pretraining_modules(core)
-            model = cls(cfg, _prepare_encoder(core, cfg))
+            model = cls(cfg, prepare_encoder(build_core(cfg.encoder_name, dict(cfg.encoder_cfg)), cfg))
         else:
             if not cfg.model_path:
                 raise ValueError("model.model_path is empty: set it to a pretrained checkpoint (mae_ast, ssast, eat)")
-            state = load_checkpoint(cfg.model_path)
+            state = read_checkpoint(cfg.model_path)
             # classifier_from_pretrained fills cfg.encoder_name / encoder_cfg: they are saved with the checkpoint
             model = classifier_from_pretrained(cfg, state, cfg.model_path, model_cls=cls)
             del state

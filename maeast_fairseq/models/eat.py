@@ -7,19 +7,18 @@ What fairseq needs beyond the core:
 * the teacher's parameters have ``requires_grad=False``: fairseq's trainer builds the optimiser from
   ``filter(lambda p: p.requires_grad, ...)`` only, and DDP skips them; they are still in ``state_dict()``, so
   ``checkpoint_*.pt`` stores and restores them (keys ``teacher.*``);
-* biases and 1-D parameters of the student are tagged ``param_group = "no_decay"`` so that the ``composite``
-  optimiser of ``eat_base.yaml`` gives them a group without weight decay (other optimisers ignore the tag).
+* biases and 1-D parameters of the student (:func:`~maeast_fairseq.core.classifier.no_weight_decay`) are tagged
+  ``param_group = "no_decay"`` so that the ``composite`` optimiser of ``eat_base.yaml`` gives them a group without
+  weight decay (other optimisers ignore the tag).
 """
 from dataclasses import dataclass
 from typing import Optional
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import register_model
 
+from ..core.classifier import NO_DECAY_GROUP, no_weight_decay
 from ..core.eat import Eat, EatConfig
-from .shell import FairseqShell
-
-NO_DECAY_GROUP = "no_decay"
+from .shell import FairseqShell, register_ours
 
 
 @dataclass
@@ -27,14 +26,14 @@ class EatModelConfig(FairseqDataclass, EatConfig):
     pass
 
 
-@register_model("eat", dataclass=EatModelConfig)
+@register_ours("eat", dataclass=EatModelConfig)
 class EatModel(Eat, FairseqShell):
     def __init__(self, cfg: EatConfig):
         super().__init__(cfg)
         self._last_update: Optional[int] = None
         self.num_updates = 0  # the trainer's update count (read by the criterion's collapse monitor)
         for name, p in self.named_parameters():
-            if p.requires_grad and (p.dim() == 1 or name.endswith(".bias")):
+            if p.requires_grad and no_weight_decay(name, p):
                 p.param_group = NO_DECAY_GROUP
 
     def set_num_updates(self, num_updates: int) -> None:

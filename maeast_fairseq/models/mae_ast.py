@@ -2,10 +2,9 @@
 from dataclasses import dataclass
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import register_model
 
 from ..core.mae_ast import MaeAst, MaeAstConfig
-from .shell import FairseqShell
+from .shell import FairseqShell, register_ours
 
 
 @dataclass
@@ -13,6 +12,6 @@ class MaeAstModelConfig(FairseqDataclass, MaeAstConfig):
     pass
 
 
-@register_model("mae_ast", dataclass=MaeAstModelConfig)
+@register_ours("mae_ast", dataclass=MaeAstModelConfig)
 class MaeAstModel(MaeAst, FairseqShell):
     pass

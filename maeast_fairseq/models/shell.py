@@ -12,11 +12,11 @@ parameters from checkpoint ...; please ensure that the architectures match". :fu
 (``FairseqShell.load_state_dict`` and ``maeast_classifier``'s) and raises :class:`ForeignStateDictError` when the
 weights clearly belong to another model: the checkpoint's ``cfg.model._name`` names another type (when the caller's
 ``state`` is at hand: fairseq's loaders hold it in a local variable), its keys carry another of our model types'
-signature modules (:data:`TOP_LEVEL_MODULES`), or - for weights of no type of ours - most of this model's keys
-are missing. The message names both types, a few missing / unexpected keys and the fix; fairseq's generic exception
-then follows it in the traceback ("During handling of the above exception ..."). A checkpoint of the same type with
-another configuration (other sizes, one optional module more or less) is left to torch's strict load, which lists
-the keys and shapes.
+signature modules (:func:`signature_modules`, read from the classes), or - for weights of no type of ours - most
+of this model's keys are missing. The message names both types, a few missing / unexpected keys and the fix;
+fairseq's generic exception then follows it in the traceback ("During handling of the above exception ...").
+A checkpoint of the same type with another configuration (other sizes, one optional module more or less) is left
+to torch's strict load, which lists the keys and shapes.
 """
 from __future__ import annotations
 
@@ -25,15 +25,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 from fairseq.models import BaseFairseqModel
 
-#: top-level modules / parameters (first component of the state-dict keys) of each registered model of ours, all
-#: configurations together. A name only one type has is that type's signature (e.g. ``teacher`` -> eat).
-TOP_LEVEL_MODULES: Dict[str, frozenset] = {
-    "mae_ast": frozenset({"input_norm", "patch_embed", "encoder", "post_encoder_proj", "decoder",
-                          "decoder_mask_embed", "reconstruction_head", "classification_head"}),
-    "ssast": frozenset({"patch_embed", "mask_embed", "extra_tokens", "positions", "encoder", "cpred", "gpred"}),
-    "eat": frozenset({"encoder", "decoder", "teacher"}),
-    "maeast_classifier": frozenset({"encoder", "head_norm", "head"}),
-}
+from ..core.classifier import CLASSIFIER_NAME, AudioClassifier
+from ..core.registry import CORE_MODELS
+
 #: fewer of this model's keys than this fraction in the incoming state: not this model's weights
 MIN_KEY_OVERLAP = 0.5
 
@@ -53,15 +47,21 @@ def registered_name(model) -> str:
     return type(model).__name__
 
 
-def _signatures() -> Dict[str, frozenset]:
-    return {name: mods - frozenset().union(*(m for n, m in TOP_LEVEL_MODULES.items() if n != name))
-            for name, mods in TOP_LEVEL_MODULES.items()}
+def signature_modules() -> Dict[str, frozenset]:
+    """Per registered model type of ours, the top-level state-dict names (first component of the keys) that only
+    this type has: a core model's pretraining-only parts (``pretraining_only`` of its class: the checkpoints of its
+    pretraining always hold them), the classifier's head (``AudioClassifier.head_modules``). A name two types share
+    (the ``decoder`` of MAE-AST and EAT) is no one's signature."""
+    parts = {name: frozenset(core_cls.pretraining_only) for name, (core_cls, _) in CORE_MODELS.items()}
+    parts[CLASSIFIER_NAME] = frozenset(AudioClassifier.head_modules)
+    return {name: mods - frozenset().union(*(m for n, m in parts.items() if n != name))
+            for name, mods in parts.items()}
 
 
 def guess_model_type(keys) -> Optional[str]:
     """The model type of ours whose signature modules the state-dict ``keys`` hold most of (None if none)."""
     top = {k.split(".", 1)[0] for k in keys}
-    scores = {name: len(sig & top) for name, sig in _signatures().items()}
+    scores = {name: len(sig & top) for name, sig in signature_modules().items()}
     best = max(scores, key=scores.get)
     return best if scores[best] > 0 else None
 
@@ -122,7 +122,7 @@ def check_state_dict(model, state_dict: Mapping[str, Any], filename: Optional[st
     if checkpoint_type:  # the checkpoint's own word wins over the guess from its keys
         other = checkpoint_type if checkpoint_type != own else None
     else:
-        other = guessed if guessed is not None and guessed != own and own in TOP_LEVEL_MODULES else None
+        other = guessed if guessed is not None and guessed != own and own in signature_modules() else None
     if other is None and (own in (checkpoint_type, guessed)
                           or len(own_keys & keys) >= MIN_KEY_OVERLAP * len(own_keys)):
         return  # this model type, perhaps of another configuration: the strict load lists what differs
@@ -130,7 +130,7 @@ def check_state_dict(model, state_dict: Mapping[str, Any], filename: Optional[st
     source = f"checkpoint {filename}" if filename else "the checkpoint being loaded"
     if other is not None:
         how = ("its cfg.model._name" if other == checkpoint_type else
-               f"its keys have {_show(sorted(_signatures()[other] & {k.split('.', 1)[0] for k in keys}), 3)}")
+               f"its keys have {_show(sorted(signature_modules()[other] & {k.split('.', 1)[0] for k in keys}), 3)}")
         what = f"{source} holds the weights of a model of type '{other}' ({how}), but this run's model is '{own}'"
     else:
         what = (f"{source} does not hold the weights of this '{own}' model: only {len(own_keys & keys)} of its "
@@ -138,13 +138,47 @@ def check_state_dict(model, state_dict: Mapping[str, Any], filename: Optional[st
     finetune = (f"; to fine-tune from that '{other}' checkpoint, set model.model_path=<it> (task "
                 "maeast_classification, model maeast_classifier) and leave checkpoint.restore_file at its default: "
                 "restore_file resumes the very same model, it does not initialise another one"
-                if other in TOP_LEVEL_MODULES and other != "maeast_classifier" else "")
+                if other in CORE_MODELS else "")
     raise ForeignStateDictError(
         f"{what}. Missing keys: {_show(missing)}. Unexpected keys: {_show(unexpected)}. Fix: to train '{own}' from "
         "scratch, start a new run (an empty checkpoint.save_dir: a run resumes from <save_dir>/checkpoint_last.pt "
         f"by itself); to resume, point checkpoint.restore_file at a checkpoint of this '{own}' configuration"
         f"{finetune}."
     )
+
+
+class ForeignModelRegistrationError(ImportError):
+    """Another plugin registered one of our fairseq model names first (fairseq keeps the first class)."""
+
+
+def _same_class(a, b) -> bool:
+    """The same class, or the same class of the same module imported again (a reload): still ours."""
+    return a is b or (getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
+                      and getattr(a, "__module__", None) == getattr(b, "__module__", None))
+
+
+def register_ours(name: str, dataclass=None):
+    """fairseq's ``register_model(name, dataclass)``, failing loudly when the name is taken by another class.
+
+    fairseq's ``register_model`` keeps the first class registered under a name and hands it back for the later
+    ones without a word; the official MAE-AST plugin registers ``mae_ast`` too, so with both loaded in one process
+    (e.g. its ``--user-dir`` and ours) one of the two models would be built in place of the other silently.
+    """
+    from fairseq.models import register_model
+
+    def wrap(cls):
+        registered = register_model(name, dataclass=dataclass)(cls)
+        if not _same_class(registered, cls):
+            raise ForeignModelRegistrationError(
+                f"fairseq model name {name!r} is already registered by "
+                f"{getattr(registered, '__module__', '?')}.{getattr(registered, '__qualname__', registered)} (another "
+                f"plugin loaded first, e.g. the official code's --user-dir / common.user_dir); fairseq keeps the first "
+                f"class registered under a name, so this process would build that model instead of maeast-fairseq's "
+                f"{cls.__qualname__}. Fix: load one plugin per process; official checkpoints need no official code "
+                "here (load_pretrained or maeast-convert read them directly).")
+        return registered
+
+    return wrap
 
 
 class FairseqShell(BaseFairseqModel):

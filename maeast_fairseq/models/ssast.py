@@ -2,10 +2,9 @@
 from dataclasses import dataclass
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.models import register_model
 
 from ..core.ssast import Ssast, SsastConfig
-from .shell import FairseqShell
+from .shell import FairseqShell, register_ours
 
 
 @dataclass
@@ -13,6 +12,6 @@ class SsastModelConfig(FairseqDataclass, SsastConfig):
     pass
 
 
-@register_model("ssast", dataclass=SsastModelConfig)
+@register_ours("ssast", dataclass=SsastModelConfig)
 class SsastModel(Ssast, FairseqShell):
     pass

@@ -10,7 +10,7 @@ cross-entropy + accuracy). ``multi_label: true``: zero or more labels per clip (
 **Front end.** The fields of :class:`~maeast_fairseq.frontend.FrontendConfig` are here too, but the signal fields
 (``sample_rate``, ``num_mel_bins``, ``window_type``, ``subtract_waveform_mean``, ``norm``, ``norm_mean``,
 ``norm_std``) default to ``None`` = **copied from the pretrained checkpoint's ``cfg.task``**, so fine-tuning sees
-exactly the features the encoder was pretrained on (USERS.md item 4). Set any of them to override (e.g. the SSAST /
+exactly the features the encoder was pretrained on. Set any of them to override (e.g. the SSAST /
 EAT ESC-50 recipes normalise with ESC-50 statistics). The length policy is the fine-tuning recipe's own
 (``length_policy: fixed``, ``target_frames``: ESC-50 512, Speech Commands 128, AudioSet 1024, with a padding mask)
 and is not copied: MAE-AST pretrains with ``crop_to_shortest``, which would cut validation clips to the shortest
@@ -29,12 +29,12 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import register_task
 from omegaconf import II, MISSING, OmegaConf, open_dict
 
-from ..core.classifier import load_checkpoint
+from ..checkpoint import CORE_MODELS, read_checkpoint
 from ..criterions import classification as _criterion  # noqa: F401  (registers the criterion)
 from ..data.labelled_dataset import LabelledFbankDataset
 from ..data.manifest import LABEL_LIST_NAME, label_path_for, read_label_list
 from ..frontend import FrontendConfig, check_frontend
-from .base import AudioTask, split_manifest
+from .base import AudioTask, resolve_data_folder, split_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,11 @@ class ClassificationTaskConfig(FairseqDataclass, FrontendConfig):
     max_sample_size: int = field(
         default=0, metadata={"help": "drop clips with more samples (manifest counts; counted and logged); 0 = keep all"}
     )
+    short_clip_policy: str = field(
+        default="error",
+        metadata={"help": "a clip shorter than one patch (its length at the model rate, whatever the file's rate): "
+                          "'error' lists every such clip at once, 'drop' drops and counts them (logged)"},
+    )
     # the front end: copied from the pretrained checkpoint unless set (see the module docstring)
     sample_rate: Optional[int] = field(default=None, metadata={"help": f"audio rate ({FROM_CHECKPOINT})"})
     num_mel_bins: Optional[int] = field(default=None, metadata={"help": f"mel bins ({FROM_CHECKPOINT})"})
@@ -85,8 +90,9 @@ class ClassificationTaskConfig(FairseqDataclass, FrontendConfig):
         default=1024, metadata={"help": "frames per clip: ESC-50 512, Speech Commands 128, AudioSet 1024"}
     )
     # interpolated from the rest of the config (no help string on purpose: fairseq's argparse path then resolves
-    # the interpolation instead of turning it into a flag)
-    model_path: str = II("model.model_path")
+    # the interpolation instead of turning it into a flag). ``oc.select`` with a default: fairseq-validate builds a
+    # config without a ``model`` group (no --arch), where a plain ``${model.model_path}`` cannot be resolved
+    model_path: Optional[str] = II("oc.select:model.model_path,null")
     seed: int = II("common.seed")
     train_subset: str = II("dataset.train_subset")
 
@@ -99,7 +105,11 @@ def read_checkpoint_cfg(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are not read
     except Exception:
-        state = load_checkpoint(path)  # e.g. a config of OmegaConf containers
+        state = read_checkpoint(path)  # e.g. a config of OmegaConf containers
+    from ..official import is_official, official_as_ours
+
+    if is_official(state):  # an official released file (e.g. EAT's): the config of the model it converts to
+        state = official_as_ours(path, state)
     cfg = state.get("cfg") or {}
     return OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else cfg
 
@@ -108,8 +118,6 @@ def check_pretrained_type(pre: dict, path: str) -> None:
     """Refuse, before anything is built, a ``model.model_path`` checkpoint whose model is not one this task can
     fine-tune, naming its type and the accepted ones (otherwise the front end would be copied from it and the
     failure would come later, from the model, without the file's name)."""
-    from ..checkpoint import CORE_MODELS  # late: checkpoint.py imports the core models
-
     accepted = sorted(CORE_MODELS) + [CLASSIFIER]
     model_cfg = dict(pre.get("model") or {})
     name = model_cfg.get("_name")
@@ -140,12 +148,8 @@ class ClassificationTask(AudioTask):
 
     @classmethod
     def setup_task(cls, cfg: ClassificationTaskConfig, **kwargs):
-        if not os.path.isdir(cfg.data):
-            raise FileNotFoundError(
-                f"task.data={cfg.data!r} is not a folder; point it at the folder holding train.tsv / train.lbl / "
-                "valid.tsv / valid.lbl / labels.txt (write them with `maeast-manifest AUDIO_DIR --dest DATA_DIR "
-                "--labels-from parent`)"
-            )
+        resolve_data_folder(cfg, "train.tsv / train.lbl / valid.tsv / valid.lbl / labels.txt (maeast-manifest "
+                                 "... --labels-from parent writes them)")
         class_names = read_label_list(os.path.join(cfg.data, cfg.label_list))
         missing = [k for k in COPIED if getattr(cfg, k) is None]
         pre = {}
@@ -185,6 +189,7 @@ class ClassificationTask(AudioTask):
             roll_aug=cfg.roll_aug and train, noise_aug=cfg.noise_aug and train,
             min_sample_size=cfg.min_sample_size, max_sample_size=cfg.max_sample_size,
             min_frames=self.patch_frames, shuffle=train, seed=cfg.seed,
+            short_clip_policy=getattr(cfg, "short_clip_policy", "error"),
         )
 
     # -- model -----------------------------------------------------------------------------------------------------
@@ -217,8 +222,65 @@ class ClassificationTask(AudioTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
         if not self._optimizer_checked:
             check_optimizer_groups(model, optimizer)
+            name_lr_groups(optimizer)
             self._optimizer_checked = True
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
+
+
+def _inner_optimizer(optimizer):
+    inner = optimizer
+    for _ in range(4):  # FP16Optimizer / AMPOptimizer / MemoryEfficientFP16Optimizer wrap the real one
+        nxt = getattr(inner, "fp32_optimizer", None) or getattr(inner, "wrapped_optimizer", None)
+        if nxt is None:
+            break
+        inner = nxt
+    return inner
+
+
+def lr_group_names(optimizer) -> dict:
+    """{fairseq's group key: a readable name} for the groups of a ``composite`` optimizer with ``dynamic_groups``,
+    whose keys are md5 hashes of the per-parameter overrides: ``<param_group>_x<lr scale>``, e.g.
+    ``default_x0.5625`` (layer-wise lr decay). Other optimizers: {}."""
+    inner = _inner_optimizer(optimizer)
+    optimizers = getattr(inner, "optimizers", None)
+    if not isinstance(optimizers, dict):
+        return {}
+    names = {}
+    for key, opt in optimizers.items():
+        params = [p for g in getattr(opt, "param_groups", []) for p in g["params"]]
+        overrides = getattr(params[0], "optim_overrides", None) if params else None
+        if not overrides or key in ("default", "no_decay"):
+            continue
+        scale = overrides.get("optimizer", {}).get("lr_scale", 1.0)
+        names[key] = f"{getattr(params[0], 'param_group', 'default')}_x{scale:.4g}"
+    return names
+
+
+def name_lr_groups(optimizer) -> None:
+    """Log the learning rates of hashed ``composite`` groups under :func:`lr_group_names` (``lr_default_x0.5625``
+    instead of ``lr_175863c3...``). Only the logged names change: the optimizer and scheduler state dicts keep
+    fairseq's keys, so checkpoints resume as before."""
+    names = lr_group_names(optimizer)
+    sched = getattr(_inner_optimizer(optimizer), "lr_scheduler", None)
+    if not names or sched is None or getattr(sched, "_maeast_named", False):
+        return
+    step_update = sched.step_update
+
+    def named_step_update(num_updates):
+        lrs = step_update(num_updates)
+        return {names.get(k, k): v for k, v in lrs.items()} if isinstance(lrs, dict) else lrs
+
+    sched.step_update = named_step_update
+    sched._maeast_named = True
+    from fairseq import metrics  # the hashed names logged before this first step: dropped from the open meters
+
+    for agg in metrics.get_active_aggregators():
+        hashed = {k for k in agg.keys() if k.startswith("lr_") and k[3:] in names}
+        for key in hashed:
+            del agg[key]
+        if hashed and hasattr(agg, "priorities"):  # fairseq's MetersDict keeps its order in a side list
+            agg.priorities[:] = [p for p in agg.priorities if p[-1] not in hashed]
+    logger.info(f"learning-rate groups logged as lr_<name>: {names}")
 
 
 def check_optimizer_groups(model, optimizer) -> None:

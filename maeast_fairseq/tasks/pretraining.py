@@ -1,7 +1,6 @@
 """Task ``maeast_pretraining``: self-supervised pretraining on wav2vec-style manifests (``{data}/{split}.tsv``)."""
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -10,9 +9,8 @@ from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from ..data.fbank_dataset import FbankDataset
-from ..fbank import Fbank
-from ..frontend import FrontendConfig, collate_padded, fbank_config
-from .base import AudioTask, split_manifest
+from ..frontend import Frontend, FrontendConfig
+from .base import AudioTask, resolve_data_folder, split_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +26,11 @@ class PretrainingTaskConfig(FairseqDataclass, FrontendConfig):
         default=0, metadata={"help": "drop clips with more samples (manifest counts; counted and logged); 0 = keep "
                                      "all"}
     )
+    short_clip_policy: str = field(
+        default="error",
+        metadata={"help": "a clip shorter than one patch (its length at the model rate, whatever the file's rate): "
+                          "'error' lists every such clip at once, 'drop' drops and counts them (logged)"},
+    )
     fbank_on_device: bool = field(
         default=False,
         metadata={"help": "the loader returns waveforms (mean removed per the front end) and the task computes the "
@@ -41,7 +44,9 @@ class PretrainingTaskConfig(FairseqDataclass, FrontendConfig):
     )
     # frames of one patch, from the model: a shorter clip is an error naming its manifest line. (No help string on
     # purpose: fairseq's argparse path then resolves the interpolation instead of turning it into a flag.)
-    patch_frames: int = II("model.patch_time")
+    # ``oc.select`` with a default: fairseq-validate's config has no ``model`` group (no --arch), where a plain
+    # ``${model.patch_time}`` cannot be resolved; the task it builds then comes from the checkpoint's own config
+    patch_frames: int = II("oc.select:model.patch_time,1")
     seed: int = II("common.seed")
 
 
@@ -51,11 +56,7 @@ class PretrainingTask(AudioTask):
 
     @classmethod
     def setup_task(cls, cfg: PretrainingTaskConfig, **kwargs):
-        if not os.path.isdir(cfg.data):
-            raise FileNotFoundError(
-                f"task.data={cfg.data!r} is not a folder; point it at the folder holding train.tsv / valid.tsv "
-                "(write them with `maeast-manifest AUDIO_DIR --dest DATA_DIR`)"
-            )
+        resolve_data_folder(cfg, "train.tsv / valid.tsv")
         return cls(cfg)
 
     def load_dataset(self, split: str, task_cfg=None, **kwargs):
@@ -64,6 +65,7 @@ class PretrainingTask(AudioTask):
         self.datasets[split] = FbankDataset(
             path, cfg, min_sample_size=cfg.min_sample_size, max_sample_size=cfg.max_sample_size,
             min_frames=cfg.patch_frames, shuffle=split != "test", seed=cfg.seed,
+            short_clip_policy=getattr(cfg, "short_clip_policy", "error"),
         )
 
     # -- fbank on the training device / bf16 autocast ----------------------------------------------------------------
@@ -73,13 +75,13 @@ class PretrainingTask(AudioTask):
         if not net or "wav_bits" not in net:
             return sample
         wav = net["wav_bits"].view(torch.float32)
-        fb = getattr(self, "_device_fbank", None)
-        if fb is None or fb.window.device != wav.device:
-            fb = self._device_fbank = Fbank(fbank_config(self.cfg)).to(wav.device)
+        frontend = getattr(self, "_device_frontend", None)
+        if frontend is None or frontend.device != wav.device:
+            frontend = self._device_frontend = Frontend(self.cfg).to(wav.device)
         # lengths / crop offsets are host arrays (the collater's numpy): no device-to-host read here
-        feats, _ = fb(wav, torch.as_tensor(net["wav_lengths"]))
+        feats, _ = frontend.fbank(wav, torch.as_tensor(net["wav_lengths"]))
         lengths = torch.as_tensor(net["frame_lengths"])
-        x, frame_padding, _ = collate_padded(feats, lengths, self.cfg, torch.as_tensor(net["crop_u"]))
+        x, frame_padding, _ = frontend.collate_padded(feats, lengths, torch.as_tensor(net["crop_u"]))
         if dtype is not None and dtype != x.dtype:
             x = x.to(dtype)  # what the trainer does to the loader's features under common.fp16 / bf16
         new_net = {"fbank": x, "frame_padding": frame_padding, "mask_rng": net["mask_rng"]}
