@@ -51,7 +51,9 @@ Kaldi compatibility choices (they follow Kaldi's ``compute-fbank-feats`` and
 
 Batching: ``Fbank.forward`` takes ``(B, N)`` waveforms and per-clip lengths.
 Every frame is computed independently, so the valid frames of a clip in a
-batch equal those of the clip computed alone (trimmed to its length); frames
+batch equal those of the clip computed alone (trimmed to its length) up to
+FFT rounding (the FFT library may pick other kernels for another batch shape);
+frames
 at index ``>= frame_lengths[b]`` are set to 0.0.  All arithmetic is done in
 float32, with autocast disabled, whatever the input dtype or autocast state.
 """

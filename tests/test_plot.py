@@ -92,3 +92,39 @@ def test_eat_figure_from_a_checkpoint_and_its_log(tmp_path):
     out = tmp_path / "eat.png"
     assert plot_cli.main(["eat", ckpt, str(log), "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_pretraining_writes_reconstruction_images_to_tensorboard(tmp_path):
+    """common.tensorboard_logdir set: every validation writes the first clip's reconstruction (a PNG image) under
+    <logdir>/valid_images, and maeast-plot reads the scalars of the same folder."""
+    pytest.importorskip("fairseq")
+    pytest.importorskip("matplotlib")
+    import os
+    import subprocess
+    import sys
+
+    from tensorboardX.proto import event_pb2
+
+    from conftest import REPO, console, run_cli
+    from maeast_fairseq.data.synthetic import make_corpus
+
+    make_corpus(str(tmp_path / "audio"), 8, seed=0, rates=(16000,), kinds=("tone", "chirp"))
+    subprocess.run([sys.executable, "-m", "manifests", str(tmp_path / "audio"), "--dest", str(tmp_path / "data"),
+                    "--ext", "wav", "--valid-percent", "0.25", "--seed", "1"], check=True, capture_output=True)
+    tb = tmp_path / "tb"
+    run_cli([console("fairseq-hydra-train"), "--config-dir", os.path.join(REPO, "examples", "pretrain"),
+             "--config-name", "mae_ast_patch_tiny", f"task.data={tmp_path / 'data'}",
+             f"checkpoint.save_dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path / 'hydra'}",
+             "optimization.max_update=4", f"common.tensorboard_logdir={tb}"], tmp_path)
+    images = []
+    for path in sorted((tb / "valid_images").glob("events.out.tfevents.*")):
+        for data in plot_cli._tfrecords(str(path)):
+            event = event_pb2.Event()
+            event.ParseFromString(data)
+            images += [(event.step, v.tag, v.image.encoded_image_string[:8]) for v in event.summary.value
+                       if v.HasField("image")]
+    assert images and all(tag == "reconstruction" and png == b"\x89PNG\r\n\x1a\n" for _, tag, png in images)
+    # one image per validation (6 training clips at batch 8: an epoch, and a validation, per update), at its update
+    run = plot_cli.read_tensorboard(str(tb))
+    assert sorted(step for step, _, _ in images) == [r["num_updates"] for r in run["valid"]] == [1, 2, 3, 4]

@@ -63,17 +63,43 @@ def _clip_fbank(pre, wav: torch.Tensor, frames: int) -> torch.Tensor:
 def reconstruction(ckpt: str, wav: torch.Tensor, path: str, title: str, frames: int = 256, seed: int = 0) -> str:
     """MAE-AST / SSAST: input spectrogram (model space), its mask, the reconstruction of the masked patches."""
     from maeast_fairseq.checkpoint import load_pretrained
+    pre = load_pretrained(ckpt, keep_pretraining_modules=True)
+    fig = reconstruction_figure(pre.model.eval(), _clip_fbank(pre, wav, frames), title, seed)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def figure_array(fig) -> np.ndarray:
+    """A matplotlib figure as an (H, W, 3) uint8 image (for tensorboard), the figure closed."""
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    _plt().close(fig)
+    return img
+
+
+def reconstruction_figure(model, x: torch.Tensor, title: str, seed: int = 0):
+    """The figure of :func:`reconstruction` for a core model (in eval mode) and one normalised log-mel ``x``
+    (1, T, F) without padding; models without a reconstruction output (EAT) get the input spectrogram alone."""
     from maeast_fairseq.core.rng import MaskRNG
     plt = _plt()
-    pre = load_pretrained(ckpt, keep_pretraining_modules=True)
-    model = pre.model.eval()
-    x = _clip_fbank(pre, wav, frames)
+    frames = x.shape[1]
     tok = model.tokenizer
     n_time = tok.n_time(frames)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model(x, None, MaskRNG.from_generator(torch.Generator().manual_seed(seed), 1, x.device))
-        _, patches, _ = model.embed(x, None)
+    out = {}
+    if hasattr(model, "embed"):  # MAE-AST / SSAST (EAT's model has no patch targets to reconstruct)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = model(x, None, MaskRNG.from_generator(torch.Generator().manual_seed(seed), 1, x.device))
+            _, patches, _ = model.embed(x, None)
+    if "recon" not in out:  # EAT: no reconstruction, the input alone
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        ax.imshow(x[0].T.float().cpu().numpy(), origin="lower", aspect="auto", interpolation="nearest", cmap="magma")
+        ax.set_title(f"{title}: input (normalised log-mel)", fontsize=9)
+        ax.set_xlabel("frame (10 ms)")
+        ax.set_ylabel("mel bin")
+        fig.tight_layout()
+        return fig
     mask = out["mask"][0]                               # (N,) True = masked
     recon = patches[0].clone()
     recon[mask] = out["recon"][0][: int(mask.sum())].to(recon.dtype)
@@ -86,15 +112,13 @@ def reconstruction(ckpt: str, wav: torch.Tensor, path: str, title: str, frames: 
                           (axes[1], mask_img, f"mask: {100 * float(mask.float().mean()):.0f}% of patches hidden (black)"),
                           (axes[2], rec_img, "visible patches + the model's reconstruction of the hidden ones")):
         kw = dict(vmin=0, vmax=1, cmap="gray_r") if img is mask_img else dict(vmin=vmin, vmax=vmax, cmap="magma")
-        ax.imshow(img.T.numpy(), origin="lower", aspect="auto", interpolation="nearest", **kw)
+        ax.imshow(img.T.float().cpu().numpy(), origin="lower", aspect="auto", interpolation="nearest", **kw)
         ax.set_title(name, fontsize=9)
         ax.set_ylabel("mel bin")
     axes[-1].set_xlabel("frame (10 ms)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def eat_figure(ckpt: str, curve: List[Dict], path: str, frames: int = 256, seed: int = 0) -> str:

@@ -2,6 +2,7 @@
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -48,6 +49,8 @@ class PretrainingTaskConfig(FairseqDataclass, FrontendConfig):
     # ``${model.patch_time}`` cannot be resolved; the task it builds then comes from the checkpoint's own config
     patch_frames: int = II("oc.select:model.patch_time,1")
     seed: int = II("common.seed")
+    # where fairseq writes tensorboard scalars (common.tensorboard_logdir): reconstruction images go there too
+    tensorboard_logdir: Optional[str] = II("oc.select:common.tensorboard_logdir,null")
 
 
 @register_task("maeast_pretraining", dataclass=PretrainingTaskConfig)
@@ -102,7 +105,27 @@ class PretrainingTask(AudioTask):
             device = x.device.type
         return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
 
+    def begin_valid_epoch(self, epoch, model):
+        """Every validation: the first clip's reconstruction goes to tensorboard (``common.tensorboard_logdir``)."""
+        super().begin_valid_epoch(epoch, model)
+        self._images_due = bool(getattr(self.cfg, "tensorboard_logdir", None))
+
+    def _log_images(self, sample, model) -> None:
+        if not getattr(self, "_images_due", False):
+            return
+        self._images_due = False
+        from ..tensorboard_images import log_reconstruction
+
+        core = model
+        while hasattr(core, "module"):  # DDP / fairseq's wrappers
+            core = core.module
+        net = sample["net_input"]
+        if "fbank" in net:
+            log_reconstruction(self.cfg.tensorboard_logdir, core, net["fbank"], net.get("frame_padding"),
+                               getattr(self, "_last_update", 0) + 1, seed=int(self.cfg.seed or 0))
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._last_update = update_num
         sample = self.device_features(sample, self._input_dtype(model))
         if not getattr(self.cfg, "autocast_bf16", False):
             return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
@@ -117,6 +140,7 @@ class PretrainingTask(AudioTask):
 
     def valid_step(self, sample, model, criterion):
         sample = self.device_features(sample, self._input_dtype(model))
+        self._log_images(sample, model)
         if not getattr(self.cfg, "autocast_bf16", False):
             return super().valid_step(sample, model, criterion)
         model.eval()
