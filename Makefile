@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -q
 
-.PHONY: setup demo test test-quick clean
+.PHONY: setup demo test test-quick lint format clean
 
 setup:
 	@VENV=$(VENV) tools/bootstrap.sh
@@ -19,6 +19,13 @@ test: setup
 # `make test` (the full suite) is the check that counts.
 test-quick: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The linter (ruff; rules in pyproject.toml): CI runs it before the tests. `make format` applies its safe fixes.
+lint: setup
+	$(PY) -m ruff check .
+
+format: setup
+	$(PY) -m ruff check --fix .
 
 clean:
 	rm -rf runs outputs .pytest_cache

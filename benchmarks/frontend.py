@@ -65,7 +65,7 @@ def fbank_rows(clips: int, seconds: float, batch: int, repeats: int) -> dict:
         for b in sorted({batch, big}):
             fbg(wg[:b])
             torch.cuda.synchronize()
-            t = _time(lambda: [fbg(wg[i:i + b]) for i in range(0, clips, b)], repeats, torch.cuda.synchronize)
+            t = _time(lambda b=b: [fbg(wg[i:i + b]) for i in range(0, clips, b)], repeats, torch.cuda.synchronize)
             rows[f"cuda_batched_{b}"] = {"clips_per_s": clips / statistics.median(t), "times_s": t}
         # including the host-to-device copy of the waveforms (what fbank_on_device pays)
         t = _time(lambda: [fbg(wav[i:i + big].to(dev, non_blocking=True)) for i in range(0, clips, big)], repeats,
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
     print(f"fbank, {args.clips} clips of {args.seconds:g} s ({torch.get_num_threads()} threads):")
     for k, v in res["fbank"].items():
         print(f"  {k:<30}{v['clips_per_s']:>10.1f} clips/s{v['speedup_vs_clip_by_clip']:>8.1f}x")
-    print("data loader (FbankDataset + DataLoader, batch %d):" % args.batch)
+    print(f"data loader (FbankDataset + DataLoader, batch {args.batch}):")
     for k, v in res["loader"].items():
         print(f"  {k:<30}{v['clips_per_s']:>10.1f} clips/s")
     if "train_step" in res:

@@ -18,7 +18,7 @@ def register() -> None:
     from .criterions import classification as _classification_criterion  # noqa: F401
     from .criterions import eat_ufo, masked_recon_nce  # noqa: F401
     from .models import classifier, eat, mae_ast, ssast  # noqa: F401
-    from .optim import torch_adamw  # noqa: F401
+    from .optim import plateau, torch_adamw  # noqa: F401
     from .tasks import classification as _classification_task  # noqa: F401
     from .tasks import pretraining  # noqa: F401
 

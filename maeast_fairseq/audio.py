@@ -294,7 +294,7 @@ def load_audio(
 
 _KAISER_BETA = 8.6
 _MAX_KERNEL_ELEMENTS = 1 << 24  # 16M taps: beyond that the rates are not reducible enough
-_KERNEL_CACHE: "OrderedDict[tuple, Tuple[torch.Tensor, int]]" = OrderedDict()
+_KERNEL_CACHE: OrderedDict[tuple, Tuple[torch.Tensor, int]] = OrderedDict()
 _KERNEL_CACHE_SIZE = 32
 
 
@@ -370,21 +370,14 @@ def resample_kernel(
     return kernel, width
 
 
-def resample(
-    wav: torch.Tensor,
-    orig_sr: int,
-    new_sr: int,
-    *,
-    lowpass_filter_width: int = 16,
-    rolloff: float = 0.99,
-    window: str = "kaiser",
-    beta: float = _KAISER_BETA,
-) -> torch.Tensor:
+def resample(wav: torch.Tensor, orig_sr: int, new_sr: int, **filter_options) -> torch.Tensor:
     """Band-limited resampling of ``wav`` (``(..., n)``) from ``orig_sr`` to ``new_sr`` Hz.
 
     Returns ``(..., ceil(n * new_sr / orig_sr))`` on ``wav``'s device and dtype
     (float types; integer input is converted to float32).  ``wav`` itself is
-    returned when the rates are equal.  See the module docstring for the filter.
+    returned when the rates are equal.  ``filter_options``: the filter of :func:`resample_kernel`
+    (``lowpass_filter_width``, ``rolloff``, ``window``, ``beta``; its defaults when not given); see the module
+    docstring.
     """
     orig_sr, new_sr = _as_rate(orig_sr, "orig_sr"), _as_rate(new_sr, "new_sr")
     if orig_sr == new_sr:
@@ -393,16 +386,7 @@ def resample(
         wav = wav.float()
     g = math.gcd(orig_sr, new_sr)
     orig, new = orig_sr // g, new_sr // g
-    kernel, width = resample_kernel(
-        orig_sr,
-        new_sr,
-        lowpass_filter_width=lowpass_filter_width,
-        rolloff=rolloff,
-        window=window,
-        beta=beta,
-        device=wav.device,
-        dtype=wav.dtype,
-    )
+    kernel, width = resample_kernel(orig_sr, new_sr, device=wav.device, dtype=wav.dtype, **filter_options)
     shape = wav.shape
     n = shape[-1]
     n_out = num_resampled(n, orig_sr, new_sr)

@@ -44,8 +44,8 @@ from .core.classifier import CLASSIFIER_NAME, AudioClassifier, ClassifierConfig,
 from .core.config_aliases import upgrade_config
 from .core.positions import LearnedPositions
 from .core.registry import CORE_MODELS
-from .errors import CheckpointError
 from .embed import Pretrained, default_chunk_frames
+from .errors import CheckpointError
 from .frontend import FrontendConfig, check_frontend
 
 logger = logging.getLogger(__name__)

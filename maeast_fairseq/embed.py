@@ -50,6 +50,7 @@ from .audio import resample
 from .core.base import POOLINGS
 from .frontend import Frontend, FrontendConfig
 
+
 class SampleRateWarning(UserWarning):
     """Waveforms given without ``sample_rate=``: taken to be at the model's rate."""
 
@@ -255,7 +256,7 @@ class Pretrained(torch.nn.Module):
         if short:
             warnings.warn(f"{len(short)} clip(s) shorter than one patch ({p} frames): "
                           + ", ".join(f"clip {i} ({n} frames)" for i, n in short)
-                          + f"; padded to one patch with log-mel zeros that the model sees as data (the tokens of a "
+                          + "; padded to one patch with log-mel zeros that the model sees as data (the tokens of a "
                           "partial patch would all be padding); their embeddings rest on less than one patch of audio "
                           "(out['padded_to_one_patch'] marks them)", ShortClipWarning, stacklevel=3)
         clips = []

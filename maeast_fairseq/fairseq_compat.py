@@ -19,8 +19,10 @@ process that loads the plugin as a user dir, every rank included). Nothing else 
    ``checkpoint_E_U.pt``) is a plain ``shutil.copyfile`` onto the old file: a process killed during that copy leaves
    a truncated ``checkpoint_last.pt``, and the next run (which resumes from it) crashes. ``PathManager.copy`` of
    local paths now copies to ``<dst>.tmp`` and ``os.replace``-s it onto ``<dst>``: ``<dst>`` is always either the
-   previous complete file or the new complete file. (Atomic against the process dying; like fairseq's own save it
-   does not ``fsync``, so a power cut can still lose the last write.)
+   previous complete file or the new complete file. Both that copy and fairseq's own ``.tmp`` + rename
+   (``PathManager.rename``) now ``fsync`` the new file before the rename and its directory after it
+   (:func:`durable_replace`), so a power cut or kernel crash after a save leaves the new checkpoint, not an empty or
+   missing name (a process dying was already covered by the rename alone).
 
 3. **Renamed config fields still load.** fairseq merges a model / task / criterion config (from a yaml in
    ``add_defaults``, from a checkpoint in ``build_model``) into its dataclass with ``merge_with_parent``, which refuses
@@ -76,13 +78,41 @@ def _install_broadcast_safe_globals() -> None:
     distributed_utils._broadcast_object_slow = _broadcast_object_slow  # broadcast_object looks it up here
 
 
+def fsync_path(path: str) -> None:
+    """``fsync`` a file or a directory (its entries: a rename in it) by path; directories that cannot be opened
+    for it (some platforms / file systems) are skipped."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if os.path.isdir(path):
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not os.path.isdir(path):  # directories on some file systems refuse fsync: nothing more to do
+            raise
+    finally:
+        os.close(fd)
+
+
+def durable_replace(tmp_path: str, dst_path: str) -> None:
+    """``os.replace(tmp_path, dst_path)`` with the data on disk first and the new name on disk after: ``fsync`` of
+    the file, the rename, ``fsync`` of the directory."""
+    fsync_path(tmp_path)
+    os.replace(tmp_path, dst_path)
+    fsync_path(os.path.dirname(os.path.abspath(dst_path)))
+
+
 def atomic_copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
-    """Copy ``src_path`` to ``dst_path`` so that ``dst_path`` is never seen half-written (same dir tmp + replace)."""
+    """Copy ``src_path`` to ``dst_path`` so that ``dst_path`` is never seen half-written (same dir tmp + replace,
+    fsynced: :func:`durable_replace`)."""
     if not overwrite and os.path.exists(dst_path):
         return False  # iopath's answer for an existing target without overwrite
     tmp = dst_path + ".tmp"
     shutil.copyfile(src_path, tmp)
-    os.replace(tmp, dst_path)
+    durable_replace(tmp, dst_path)
     return True
 
 
@@ -100,6 +130,16 @@ def _install_atomic_copy() -> None:
 
     setattr(copy, _MARK, True)
     PathManager.copy = staticmethod(copy)
+
+    orig_rename = PathManager.rename
+    if getattr(orig_rename, _MARK, False):
+        return
+
+    def rename(src: str, dst: str) -> None:  # fairseq's torch_persistent_save: <name>.tmp -> <name> (local only)
+        durable_replace(src, dst)
+
+    setattr(rename, _MARK, True)
+    PathManager.rename = staticmethod(rename)
 
 
 def upgrade_config_node(cls: type, cfg, source: str = "config") -> None:

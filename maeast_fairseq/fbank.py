@@ -176,7 +176,7 @@ class FbankConfig:
     _TA_NAMES = {"sample_frequency": "sample_rate", "frame_length": "frame_length_ms", "frame_shift": "frame_shift_ms"}
 
     @classmethod
-    def from_kaldi_kwargs(cls, **kwargs: Any) -> "FbankConfig":
+    def from_kaldi_kwargs(cls, **kwargs: Any) -> FbankConfig:
         """Build a config from ``torchaudio.compliance.kaldi.fbank`` keyword arguments.
 
         Arguments not given take **torchaudio's** defaults (povey window, 23 bins), so

@@ -63,11 +63,11 @@ from maeast_fairseq.data.manifest import (
     LABEL_LIST_NAME,
     AudioProbe,
     ManifestError,
+    assign_splits,
     check_manifest,
     describe_audio_error,
     label_path_for,
     map_in_threads,
-    assign_splits,
     parse_label_line,
     probe_audio,
     read_manifest,
@@ -147,21 +147,30 @@ def parent_labels(rel: str) -> list[str] | None:
     return [parent]
 
 
+def regex_part(pattern: str, group_name: str, option: str) -> Callable[[str], str | None]:
+    """The part of a relative path that ``regex:PATTERN`` of ``option`` picks: the group named ``group_name``, else
+    group 1, else the whole match; None when the pattern does not match or picks nothing. A malformed pattern raises
+    ValueError naming the option."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression in {option} {'regex:' + pattern!r}: {exc}") from None
+    which: int | str = group_name if group_name in compiled.groupindex else (1 if compiled.groups >= 1 else 0)
+
+    def part(rel: str) -> str | None:
+        match = compiled.search(rel)
+        return (match.group(which) or None) if match is not None else None
+
+    return part
+
+
 def regex_labels(pattern: str) -> LabelSource:
-    """Label source for ``regex:PATTERN`` (group ``label``, else group 1, else the whole match)."""
-    compiled = re.compile(pattern)
-    if "label" in compiled.groupindex:
-        group: int | str = "label"
-    elif compiled.groups >= 1:
-        group = 1
-    else:
-        group = 0
+    """Label source for ``--labels-from regex:PATTERN`` (group ``label``, else group 1, else the whole match)."""
+    part = regex_part(pattern, "label", "--labels-from")
 
     def source(rel: str) -> list[str] | None:
-        match = compiled.search(rel)
-        if match is None or not match.group(group):
-            return None
-        return parse_label_line(match.group(group))
+        text = part(rel)
+        return None if text is None else parse_label_line(text)
 
     return source
 
@@ -212,7 +221,7 @@ class CsvLabels:
         self.used.setdefault(key, []).append(rel)
         return parse_label_line(self.by_key[key])
 
-    def column(self, name: str) -> Callable[[str], "str | None"]:
+    def column(self, name: str) -> Callable[[str], str | None]:
         """Group source ``csv:COLUMN``: the value of column ``name`` on the file's row (None when empty)."""
         columns = next(iter(self.rows.values()), {}).keys()
         if self.rows and name not in columns:
@@ -240,10 +249,7 @@ def make_label_source(spec: str, csv_columns: str) -> LabelSource:
     if spec == "parent":
         return parent_labels
     if spec.startswith("regex:"):
-        try:
-            return regex_labels(spec[len("regex:"):])
-        except re.error as exc:
-            raise ValueError(f"bad regular expression in --labels-from {spec!r}: {exc}") from None
+        return regex_labels(spec[len("regex:"):])
     if spec.startswith("csv:"):
         columns = [c.strip() for c in csv_columns.split(",")]
         if len(columns) != 2 or not all(columns):
@@ -262,15 +268,8 @@ def parent_group(rel: str) -> str | None:
 
 
 def regex_group(pattern: str) -> GroupSource:
-    """Group source for ``regex:PATTERN`` (group ``group``, else group 1, else the whole match)."""
-    compiled = re.compile(pattern)
-    which: int | str = "group" if "group" in compiled.groupindex else (1 if compiled.groups >= 1 else 0)
-
-    def source(rel: str) -> str | None:
-        match = compiled.search(rel)
-        return match.group(which) or None if match is not None else None
-
-    return source
+    """Group source for ``--group-by regex:PATTERN`` (group ``group``, else group 1, else the whole match)."""
+    return regex_part(pattern, "group", "--group-by")
 
 
 def make_group_source(spec: str, label_source: LabelSource | None) -> GroupSource:
@@ -278,10 +277,7 @@ def make_group_source(spec: str, label_source: LabelSource | None) -> GroupSourc
     if spec == "parent":
         return parent_group
     if spec.startswith("regex:"):
-        try:
-            return regex_group(spec[len("regex:"):])
-        except re.error as exc:
-            raise ValueError(f"bad regular expression in --group-by {spec!r}: {exc}") from None
+        return regex_group(spec[len("regex:"):])
     if spec.startswith("csv:"):
         if not isinstance(label_source, CsvLabels):
             raise ValueError(f"--group-by {spec} reads a column of the --labels-from csv:FILE table; give "
@@ -321,6 +317,24 @@ class Skipped:
 
     def total(self) -> int:
         return sum(len(items) for items in self.groups.values())
+
+
+def apply_source(source: Callable, rels: list[str], skipped: Skipped, missing_reason: str) -> dict:
+    """``{rel: source(rel)}`` for the paths (in order) that ``source`` (a label or group source) gives a value for;
+    the others go to ``skipped``: under ``missing_reason`` when it gives None, as a malformed label when it raises
+    ValueError (a label source's malformed label text)."""
+    found = {}
+    for rel in rels:
+        try:
+            value = source(rel)
+        except ValueError as exc:
+            skipped.add("malformed label", rel, str(exc))
+            continue
+        if value is None:
+            skipped.add(missing_reason, rel)
+            continue
+        found[rel] = value
+    return found
 
 
 def split_valid(n: int, valid_percent: float, seed: int) -> set[int]:
@@ -441,30 +455,12 @@ def create(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     skipped = Skipped()
     labels_of: dict[str, list[str]] = {}
     if label_source is not None:
-        labelled = []
-        for rel in rels:
-            try:
-                labels = label_source(rel)
-            except ValueError as exc:
-                skipped.add("malformed label", rel, str(exc))
-                continue
-            if labels is None:
-                skipped.add(f"no label from --labels-from {args.labels_from}", rel)
-                continue
-            labels_of[rel] = labels
-            labelled.append(rel)
-        rels = labelled
+        labels_of = apply_source(label_source, rels, skipped, f"no label from --labels-from {args.labels_from}")
+        rels = list(labels_of)
     groups_of: dict[str, str] = {}
     if group_source is not None:
-        grouped = []
-        for rel in rels:
-            group = group_source(rel)
-            if group is None:
-                skipped.add(f"no group from --group-by {args.group_by}", rel)
-                continue
-            groups_of[rel] = group
-            grouped.append(rel)
-        rels = grouped
+        groups_of = apply_source(group_source, rels, skipped, f"no group from --group-by {args.group_by}")
+        rels = list(groups_of)
         if isinstance(label_source, CsvLabels):
             ambiguous = label_source.ambiguous()
             if ambiguous:

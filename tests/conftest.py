@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from typing import Optional
 
 import pytest
@@ -33,12 +34,22 @@ def fairseq_env():
     return env
 
 
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def run_cli(cmd, cwd, env=None, timeout=600) -> str:
     """Run a command (a fairseq / torchrun CLI) and return its stdout + stderr; the test fails with the output's
     tail when it exits non-zero. ``env`` defaults to :func:`fairseq_env`."""
-    proc = subprocess.run(cmd, cwd=cwd, env=fairseq_env() if env is None else env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = fairseq_env() if env is None else env
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
+    if proc.returncode in (-6, 134) and TEARDOWN_ABORT in out:
+        # A rare abort in a C++ thread's destructor while the interpreter shuts down, after the run has finished
+        # (seen about once in 20 fairseq runs on a loaded 2-core machine, old code included): run it once more, and
+        # the second run must succeed on its own.
+        warnings.warn(f"{cmd[0]}: aborted at interpreter exit ({TEARDOWN_ABORT!r}); running it once more", stacklevel=2)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out
 

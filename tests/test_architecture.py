@@ -104,8 +104,42 @@ def test_every_registered_core_model_declares_its_method_facts():
     from maeast_fairseq.core.registry import CORE_MODELS
 
     assert set(CORE_MODELS) == {"mae_ast", "ssast", "eat"}
-    for name, (core_cls, cfg_cls) in CORE_MODELS.items():
+    for name, (core_cls, _cfg_cls) in CORE_MODELS.items():
         assert issubclass(core_cls, CoreModel) and "pretraining_only" in vars(core_cls), name
         assert core_cls.pretraining_only and core_cls.default_pooling in POOLINGS, name
         assert core_cls.is_pretraining_only(f"{core_cls.pretraining_only[0]}.weight")
         assert not core_cls.is_pretraining_only("encoder.blocks.0.norm1.weight")
+
+
+def test_every_pretraining_forward_speaks_the_one_output_vocabulary():
+    """One vocabulary: the three pretraining forwards return only the keys of ``core/base.py``'s scheme, with the
+    shapes it states, and their own loss reads them."""
+    import torch
+    from conftest import tiny_core
+
+    from maeast_fairseq.core.base import PRETRAINING_OUTPUT_KEYS
+    from maeast_fairseq.core.losses import nce_mse_loss, ufo_loss
+
+    b, frames = 2, 256  # 16 time x 8 frequency patches of 16 x 16
+    x = torch.randn(b, frames, 128)
+    for name, overrides in (("mae_ast", {}), ("ssast", {}), ("ssast", {"passes": "two"}), ("eat", {})):
+        model = tiny_core(name, **overrides)
+        out = model(x)
+        label = f"{name} {overrides}"
+        assert set(out) <= set(PRETRAINING_OUTPUT_KEYS), (label, sorted(set(out) - set(PRETRAINING_OUTPUT_KEYS)))
+        assert {"mask", "padding_mask", "target", "pred"} <= set(out), label
+        rows = b * getattr(model.cfg, "clones", 1)
+        assert out["mask"].shape == (rows, 128) and out["mask"].dtype == torch.bool and out["padding_mask"] is None
+        assert out["pred"].shape == out["target"].shape, label
+        if name == "eat":  # the masked tokens of all rows, flattened; one CLS prediction per row
+            assert out["target"].shape[0] == int(out["num_masked"]) == int(out["mask"].sum())
+            assert out["cls_pred"].shape == out["cls_target"].shape == (rows, model.cfg.embed_dim)
+            total = ufo_loss(out)[0]
+        else:  # a row per clip, padded to the most masked tokens, with the validity of each slot
+            m = int(out["mask"].sum(1).max())
+            assert out["nce_pred"].shape == out["target"].shape == (b, m, 256), label
+            assert out["target_valid"].shape == (b, m) and out["target_valid"].sum() == out["mask"].sum(), label
+            for term in out.get("terms", {}).values():
+                assert set(term) <= set(PRETRAINING_OUTPUT_KEYS) and term["pred"].shape == term["target"].shape
+            total = nce_mse_loss(out)[0]
+        assert torch.isfinite(total), label

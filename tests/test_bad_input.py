@@ -24,6 +24,7 @@ import torch
 pytest.importorskip("fairseq")
 
 from conftest import REPO, console, fairseq_env, tiny_kwargs  # noqa: E402
+
 from maeast_fairseq.audio import AudioError, load_audio, read_clip  # noqa: E402
 from maeast_fairseq.checkpoint import CheckpointError, load_pretrained  # noqa: E402
 from maeast_fairseq.data.fbank_dataset import FbankDataset  # noqa: E402

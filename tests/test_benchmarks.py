@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import train_step  # noqa: E402
-
 
 # -- analytical FLOPs --------------------------------------------------------------------------------------------------
 TINY = {"patch_time": 16, "patch_freq": 64, "num_mel_bins": 128, "embed_dim": 8, "ffn_dim": 16,
@@ -216,9 +214,10 @@ def test_task_train_step_bf16_autocast_on_cpu(tmp_path):
 # -- torch_adamw: fairseq's adam update, with torch's multi-tensor kernels ---------------------------------------------
 @pytest.mark.parametrize("impl", ["auto", "for_loop"])
 def test_torch_adamw_matches_fairseq_adam(impl):
-    import maeast_fairseq
     from fairseq.optim import build_optimizer
     from omegaconf import OmegaConf
+
+    import maeast_fairseq
 
     maeast_fairseq.register()
 

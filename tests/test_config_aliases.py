@@ -178,6 +178,7 @@ def test_old_yaml_builds_the_same_model_through_the_fairseq_task(name, tmp_path,
 def test_old_yaml_trains_with_fairseq_hydra_train(tmp_path):
     pytest.importorskip("fairseq")
     from conftest import console, fairseq_env
+
     from maeast_fairseq.data.synthetic import make_corpus
 
     make_corpus(str(tmp_path / "audio"), 4, seed=0, rates=(16000,), kinds=("tone", "chirp"))

@@ -47,6 +47,7 @@ def test_params_names_the_paper_figure_and_counts_a_finetuning_yaml(capsys):
     import os
 
     from conftest import REPO
+
     from maeast_fairseq.cli import params
 
     tiny = os.path.join(REPO, "examples", "pretrain", "mae_ast_patch_tiny.yaml")

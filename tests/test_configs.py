@@ -3,7 +3,6 @@ import glob
 import os
 
 import pytest
-
 from conftest import REPO, console
 from test_pretrain_cli import losses, overfit_set, run  # noqa: F401  (fixture)
 

@@ -1,5 +1,4 @@
 """The fairseq dataset: front-end policies, and clear errors naming the file and line for bad input."""
-import os
 import subprocess
 import sys
 
@@ -10,12 +9,12 @@ import torch
 
 pytest.importorskip("fairseq")
 
+from conftest import BLOCK_FAIRSEQ, REPO  # noqa: E402
+
 from maeast_fairseq.audio import AudioError  # noqa: E402
 from maeast_fairseq.data.fbank_dataset import FbankDataset  # noqa: E402
 from maeast_fairseq.data.manifest import ManifestError  # noqa: E402
 from maeast_fairseq.frontend import FrontendConfig  # noqa: E402
-
-from conftest import BLOCK_FAIRSEQ, REPO  # noqa: E402
 
 
 def write(tmp_path, lines):

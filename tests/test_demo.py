@@ -11,6 +11,7 @@ pytest.importorskip("matplotlib")
 
 def _labelled(root, data):
     import soundfile as sf
+
     from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
     from maeast_fairseq.data.synthetic import make_corpus
 
@@ -134,6 +135,7 @@ def test_drum_classes():
 def test_drum_kit_parsing(tmp_path):
     import numpy as np
     import soundfile as sf
+
     from maeast_fairseq.demo.fetch import find_kits, prepare_drums
 
     xml = ('<?xml version="1.0"?><drumkit_info xmlns="http://www.hydrogen-music.org/drumkit"><name>K</name>'
@@ -223,6 +225,7 @@ def _sf2(path, samples, rate=22050):
 def test_soundfont_samples_are_written_as_wav(tmp_path):
     import numpy as np
     import soundfile as sf
+
     from maeast_fairseq.demo.fetch import FetchError, read_soundfont_samples, soundfont_samples
 
     t = np.arange(22050) / 22050
@@ -251,6 +254,7 @@ def test_sf3_bank_samples_are_decoded_from_ogg_vorbis(tmp_path):
 
     import numpy as np
     import soundfile as sf
+
     from maeast_fairseq.demo.fetch import SF3_VORBIS, read_soundfont_samples, soundfont_samples
 
     t = np.arange(22050) / 22050
@@ -290,6 +294,7 @@ def test_sf3_bank_samples_are_decoded_from_ogg_vorbis(tmp_path):
 def test_leak_check_finds_a_resampled_copy_and_not_a_different_sound(tmp_path):
     import numpy as np
     import soundfile as sf
+
     from maeast_fairseq.demo.fetch import nearest_duplicate
 
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import tiny_core
+
 from maeast_fairseq.core.eat import Eat, EatConfig, ema_decay_at
 from maeast_fairseq.core.losses import ufo_loss
 from maeast_fairseq.core.rng import MaskRNG

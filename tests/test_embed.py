@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import BLOCK_FAIRSEQ, REPO
+
 from maeast_fairseq import checkpoint as C
 from maeast_fairseq.audio import resample
 from maeast_fairseq.checkpoint import CheckpointError, load_pretrained
@@ -410,6 +410,7 @@ def real_checkpoint(tmp_path_factory):
     """A 3-update MAE-AST patch checkpoint from fairseq-hydra-train (examples/pretrain/mae_ast_patch_tiny)."""
     pytest.importorskip("fairseq")
     from conftest import console, fairseq_env
+
     from maeast_fairseq.data.synthetic import make_corpus
 
     root = tmp_path_factory.mktemp("real")

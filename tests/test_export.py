@@ -5,18 +5,19 @@ import pickle
 
 import pytest
 import torch
+from test_embed import registered, save_fake, wave  # noqa: F401  (fixture)
 
 from maeast_fairseq import checkpoint as C
 from maeast_fairseq.checkpoint import load_pretrained
-from test_embed import registered, save_fake, wave  # noqa: F401  (fixture)
 
 pytest.importorskip("safetensors")
 
 
 @pytest.mark.parametrize("kind", ["mae_ast_patch", "eat"])
 def test_safetensors_round_trip_is_bit_exact_and_pickle_free(tmp_path, registered, monkeypatch, kind):  # noqa: F811
-    from maeast_fairseq.export import export_safetensors
     from safetensors import safe_open
+
+    from maeast_fairseq.export import export_safetensors
 
     if kind == "eat" and "eat" not in C.CORE_MODELS:
         pytest.skip("no eat core")

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import BLOCK_FAIRSEQ, REPO, console, fairseq_env, run_cli, tiny_core, tiny_kwargs
+
 from maeast_fairseq.checkpoint import classifier_from_pretrained
 from maeast_fairseq.core.augment import mixup, spec_augment
 from maeast_fairseq.core.classifier import (
@@ -474,8 +474,7 @@ TINY_CORES = {
 def test_every_method_fine_tunes_from_its_checkpoint(name):
     """Build from a pretrained state of each registered method, train a step, save, rebuild from the fine-tuned
     state alone (predict path), and re-fine-tune that checkpoint with a new head."""
-    from maeast_fairseq.checkpoint import CORE_MODELS
-    from maeast_fairseq.checkpoint import build_core, classifier_from_state
+    from maeast_fairseq.checkpoint import CORE_MODELS, build_core, classifier_from_state
 
     if name not in CORE_MODELS:
         pytest.skip(f"{name} is not registered in maeast_fairseq.checkpoint.CORE_MODELS yet")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import tiny_core
+from test_predict_report import KINDS, save_classifier
+
 from maeast_fairseq.cli import predict as predict_cli
 from maeast_fairseq.embed import Pretrained, SampleRateWarning, ShortClipWarning
 from maeast_fairseq.frontend import FrontendConfig
-from test_predict_report import KINDS, save_classifier
 
 SR = 16000
 PATCH = 16  # frames of the tiny MAE-AST patch model's 16 x 16 patches

@@ -5,13 +5,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+from test_embed import registered, save_fake, wave  # noqa: F401  (fixture)
+
 from maeast_fairseq import checkpoint as C
 from maeast_fairseq.checkpoint import load_pretrained
 from maeast_fairseq.interop import hear
 from maeast_fairseq.interop.s3prl import S3prlUpstream
-from test_embed import registered, save_fake, wave  # noqa: F401  (fixture)
 
 LENGTHS = (16000, 11200, 36800, 4000)  # 1 s, 0.7 s, 2.3 s, 0.25 s
 

@@ -2,8 +2,8 @@
 import functools
 
 import torch
-
 from conftest import NO_DROPOUT, tiny_core
+
 from maeast_fairseq.core.losses import info_nce, masked_mse
 from maeast_fairseq.core.rng import MaskRNG
 
@@ -16,7 +16,7 @@ def test_patch_shapes_and_ratio_at_paper_size():
     out = m(x, None, MaskRNG.from_ids(1, 1, torch.arange(2)))
     assert out["mask"].shape == (2, 512)
     assert out["mask"].sum(1).tolist() == [384, 384]  # 75 % of 64 x 8 tokens
-    assert out["recon"].shape == out["nce"].shape == out["target"].shape == (2, 384, 256)
+    assert out["pred"].shape == out["nce_pred"].shape == out["target"].shape == (2, 384, 256)
     assert out["target_valid"].all()
 
 
@@ -38,8 +38,8 @@ def test_targets_are_the_masked_normalised_patches():
 
 
 def _loss(out):
-    nce, _ = info_nce(out["nce"], out["target"], out["target_valid"])
-    return nce + 10 * masked_mse(out["recon"], out["target"], out["target_valid"])
+    nce, _ = info_nce(out["nce_pred"], out["target"], out["target_valid"])
+    return nce + 10 * masked_mse(out["pred"], out["target"], out["target_valid"])
 
 
 def test_padding_never_masked_scored_or_negative():
@@ -65,7 +65,7 @@ def test_padding_never_masked_scored_or_negative():
     out2 = m(x2, pad, MaskRNG.from_ids(0, 1, torch.arange(3)))
     torch.testing.assert_close(_loss(out2), loss)
     valid = out["target_valid"]
-    torch.testing.assert_close(out2["nce"][valid], out["nce"][valid])
+    torch.testing.assert_close(out2["nce_pred"][valid], out["nce_pred"][valid])
 
 
 def test_pad_as_data_flag_masks_padding():

@@ -25,10 +25,17 @@ import math
 
 import pytest
 import torch
-
 from conftest import NO_DROPOUT, SSAST_PATCH, tiny_core
-from maeast_fairseq.core.losses import (eat_frame_loss, eat_targets, eat_utterance_loss, info_nce, masked_mse,
-                                        regression_var, ufo_loss)
+
+from maeast_fairseq.core.losses import (
+    eat_frame_loss,
+    eat_targets,
+    eat_utterance_loss,
+    info_nce,
+    masked_mse,
+    regression_var,
+    ufo_loss,
+)
 from maeast_fairseq.core.rng import MaskRNG
 from maeast_fairseq.fbank import Fbank, FbankConfig
 
@@ -55,8 +62,8 @@ def objective(name, out):
         return total / m
     terms = out.get("terms")
     a, b = (terms["nce"], terms["mse"]) if terms else (out, out)
-    nce, _ = info_nce(a["nce"], a["target"], a["target_valid"])
-    return nce + 10.0 * masked_mse(b["recon"], b["target"], b["target_valid"])
+    nce, _ = info_nce(a["nce_pred"], a["target"], a["target_valid"])
+    return nce + 10.0 * masked_mse(b["pred"], b["target"], b["target_valid"])
 
 
 def run(name, model, x, *, autocast=None, device="cpu"):
@@ -103,7 +110,7 @@ def spectrogram(batch=2, seed=1):
 
 
 def assert_close_to_float32(name, dtype, ref, got):
-    (out32, loss32, grad32), (out, loss, grad) = ref, got
+    (_, loss32, grad32), (_, loss, grad) = ref, got
     assert loss.dtype == torch.float32, f"{name}: the loss is {loss.dtype}, not float32"
     assert torch.isfinite(loss) and torch.isfinite(grad).all(), f"{name}: non-finite loss or gradient"
     assert grad.numel() == grad32.numel()
@@ -121,7 +128,7 @@ def test_cpu_autocast_forward_backward_is_finite_and_close_to_float32(name, dtyp
     ref = run(name, tiny(name), x)
     got = run(name, tiny(name), x, autocast=dtype)
     # autocast really ran: the heads' outputs are in the low precision (the losses cast them to float32)
-    head = got[0]["pred"] if name == "eat" else got[0]["recon"]
+    head = got[0]["pred"]
     assert head.dtype == dtype
     assert_close_to_float32(name, dtype, ref, got)
 
@@ -153,7 +160,7 @@ def test_cuda_autocast_forward_backward_is_finite_and_close_to_float32(name, dty
     x = spectrogram().cuda()
     ref = run(name, tiny(name).cuda(), x, device="cuda")
     got = run(name, tiny(name).cuda(), x, autocast=dtype, device="cuda")
-    head = got[0]["pred"] if name == "eat" else got[0]["recon"]
+    head = got[0]["pred"]
     assert head.dtype == dtype
     assert_close_to_float32(name, dtype, ref, got)
 
@@ -432,6 +439,7 @@ def test_cpu_attention_dropout_recomputed_in_backward_gives_the_same_values_and_
     """Attention dropout on CPU runs under activation checkpointing (no (B, H, N, N) probabilities kept): the output
     and gradients equal plain SDPA with the same RNG state, and the dropout is really applied."""
     import torch.nn.functional as F
+
     from maeast_fairseq.core import blocks
     from maeast_fairseq.core.blocks import SelfAttention
 

@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, console, run_cli
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "official")

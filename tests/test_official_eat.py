@@ -20,8 +20,8 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+
 from maeast_fairseq.core.eat import Eat, EatConfig
 from maeast_fairseq.core.losses import eat_frame_loss, ufo_loss
 from maeast_fairseq.official import eat as official_eat

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
+from maeast_fairseq.checkpoint import model_from_converted as build_model
 from maeast_fairseq.core.classifier import AudioClassifier, ClassifierConfig, apply_patch_strides
 from maeast_fairseq.core.losses import info_nce, masked_mse, ssast_logged_accuracy
-from maeast_fairseq.checkpoint import model_from_converted as build_model
 from maeast_fairseq.official import read_official
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "official")
@@ -96,14 +96,14 @@ def test_ssast_pretraining_passes_match_official(name, inputs):
         mpg = model(x, mask=_mask_from(r["mpg_mask_index"], n_tokens))
     for h in hooks:
         h.remove()
-    assert rel(mpc["nce"], _rows_sorted(r["mpc_pred"], r["mpc_mask_index"])) < REL_TOL
-    assert rel(mpg["recon"], _rows_sorted(r["mpg_pred"], r["mpg_mask_index"])) < REL_TOL
+    assert rel(mpc["nce_pred"], _rows_sorted(r["mpc_pred"], r["mpc_mask_index"])) < REL_TOL
+    assert rel(mpg["pred"], _rows_sorted(r["mpg_pred"], r["mpg_mask_index"])) < REL_TOL
     # losses as the official code computes them: InfoNCE with the softmax over the predictions, MSE
-    nce, _ = info_nce(mpc["nce"], mpc["target"], mpc["target_valid"], orientation="predictions")
+    nce, _ = info_nce(mpc["nce_pred"], mpc["target"], mpc["target_valid"], orientation="predictions")
     assert rel(nce, r["mpc_nce"][0]) < REL_TOL
-    assert rel(masked_mse(mpg["recon"], mpg["target"], mpg["target_valid"]), r["mpg_mse"][0]) < REL_TOL
+    assert rel(masked_mse(mpg["pred"], mpg["target"], mpg["target_valid"]), r["mpg_mse"][0]) < REL_TOL
     # SSAST's logged accuracy is a count of argmax hits: equal exactly (half a hit of slack for the float compare)
-    acc = ssast_logged_accuracy(mpc["nce"], mpc["target"], mpc["target_valid"])
+    acc = ssast_logged_accuracy(mpc["nce_pred"], mpc["target"], mpc["target_valid"])
     hits = mpc["target_valid"].sum().item()
     assert abs(float(acc) - float(r["mpc_acc"][0])) < 0.5 / hits
 
@@ -216,11 +216,11 @@ def test_mae_ast_pretraining_pass_matches_official(name, inputs):
     for i in range(2):
         assert rel(seen[f"layer{i}"], _rows_sorted(r[f"pretrain_encoder_hidden_state_{i}"], retained)) < REL_TOL
     assert rel(seen["decoder"], r["pretrain_decoder_out"]) < REL_TOL
-    assert rel(out["recon"], r["pretrain_logit_m_list_recon"]) < REL_TOL
-    assert rel(out["nce"], r["pretrain_logit_m_list_class"]) < REL_TOL
+    assert rel(out["pred"], r["pretrain_logit_m_list_recon"]) < REL_TOL
+    assert rel(out["nce_pred"], r["pretrain_logit_m_list_class"]) < REL_TOL
     assert rel(out["target"], r["pretrain_target_m_list"]) < REL_TOL
-    nce, _ = info_nce(out["nce"], out["target"], out["target_valid"], orientation="targets")
-    mse = masked_mse(out["recon"], out["target"], out["target_valid"])
+    nce, _ = info_nce(out["nce_pred"], out["target"], out["target_valid"], orientation="targets")
+    mse = masked_mse(out["pred"], out["target"], out["target_valid"])
     assert rel(nce, r["pretrain_loss_info_nce"][0]) < REL_TOL
     assert rel(mse, r["pretrain_loss_recon"][0]) < REL_TOL
     assert rel(nce + 10 * mse, r["pretrain_loss"][0]) < REL_TOL
@@ -306,7 +306,8 @@ def test_criterion_logs_ssast_accuracy_beside_ours_with_the_predictions_orientat
     sample = {"net_input": {"fbank": x, "mask": mask}}
     logs = {}
     for orientation in ("predictions", "targets"):
-        crit = MaskedReconNceCriterion(MaskedReconNceConfig(nce_orientation=orientation), task=None)
+        crit = MaskedReconNceCriterion(MaskedReconNceConfig(nce_orientation=orientation,
+                                                            loss_normalization="per_process"), task=None)
         with torch.no_grad():
             _, _, logs[orientation] = crit(model, sample)
     assert abs(float(logs["predictions"]["acc_ssast"]) - float(r["mpc_acc"][0])) < 0.5 / mask.sum().item()

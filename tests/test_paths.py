@@ -7,7 +7,6 @@ import subprocess
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO, console, fairseq_env
 
 pytest.importorskip("fairseq")

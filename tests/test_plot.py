@@ -104,9 +104,9 @@ def test_pretraining_writes_reconstruction_images_to_tensorboard(tmp_path):
     import subprocess
     import sys
 
+    from conftest import REPO, console, run_cli
     from tensorboardX.proto import event_pb2
 
-    from conftest import REPO, console, run_cli
     from maeast_fairseq.data.synthetic import make_corpus
 
     make_corpus(str(tmp_path / "audio"), 8, seed=0, rates=(16000,), kinds=("tone", "chirp"))

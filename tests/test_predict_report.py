@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_core, tiny_kwargs
+
 from maeast_fairseq.checkpoint import classifier_from_pretrained
 from maeast_fairseq.cli import predict as predict_cli
 from maeast_fairseq.core.classifier import ClassifierConfig

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, console, run_cli
 
 pytest.importorskip("fairseq")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import REPO, console, fairseq_env
 
 pytest.importorskip("fairseq")

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import SSAST_FRAME, SSAST_PATCH, TINY_CORE_KWARGS, tiny_core
+
 from maeast_fairseq.core.losses import info_nce, masked_mse
 from maeast_fairseq.core.rng import MaskRNG
 from maeast_fairseq.core.ssast import Ssast, SsastConfig
@@ -33,8 +33,8 @@ def rng_for(ids, seed=3, epoch=1):
 def joint_loss(out, orientation="targets"):
     terms = out.get("terms")
     a, b = (terms["nce"], terms["mse"]) if terms else (out, out)
-    nce, _ = info_nce(a["nce"], a["target"], a["target_valid"], orientation=orientation)
-    return nce + 10 * masked_mse(b["recon"], b["target"], b["target_valid"])
+    nce, _ = info_nce(a["nce_pred"], a["target"], a["target_valid"], orientation=orientation)
+    return nce + 10 * masked_mse(b["pred"], b["target"], b["target_valid"])
 
 
 # ------------------------------------------------------------------------------------------------- shapes / order
@@ -46,7 +46,7 @@ def test_shapes_and_exact_counts_at_1024x128(kind):
         out = m(x, None, rng_for([0, 1, 2], seed=seed))
         assert out["mask"].shape == (3, 512)
         assert out["mask"].sum(1).tolist() == [400, 400, 400]  # 400 of 512 (78.125 %), every clip
-        for k in ("recon", "nce", "target"):
+        for k in ("pred", "nce_pred", "target"):
             assert out[k].shape == (3, 400, 256)
         assert out["target_valid"].all() and out["padding_mask"] is None
         assert "terms" not in out
@@ -93,7 +93,8 @@ def test_masked_tokens_become_the_mask_embedding():
     x2 = m.tokenizer.unpatchify(noisy, 64)
     out2 = m(x2, None, rng_for([7]))
     assert torch.equal(out2["mask"], out["mask"])
-    assert torch.allclose(out2["nce"], out["nce"], atol=1e-5) and torch.allclose(out2["recon"], out["recon"], atol=1e-5)
+    assert torch.allclose(out2["nce_pred"], out["nce_pred"], atol=1e-5)
+    assert torch.allclose(out2["pred"], out["pred"], atol=1e-5)
     assert not torch.allclose(out2["target"], out["target"])  # the targets do change
 
 
@@ -134,8 +135,8 @@ def test_padding_never_masked_nor_scored_and_padded_content_is_inert(kind):
     out2 = m(x2, pad, rng_for([0, 1, 2]))
     assert torch.equal(out2["mask"], out["mask"])
     v = out["target_valid"]
-    assert torch.allclose(out2["nce"][v], out["nce"][v], atol=1e-5)
-    assert torch.allclose(out2["recon"][v], out["recon"][v], atol=1e-5)
+    assert torch.allclose(out2["nce_pred"][v], out["nce_pred"][v], atol=1e-5)
+    assert torch.allclose(out2["pred"][v], out["pred"][v], atol=1e-5)
     for orientation in ("targets", "predictions"):
         assert torch.allclose(joint_loss(out2, orientation), joint_loss(out, orientation), atol=1e-5)
     # and the same holds for the features of the valid tokens
@@ -169,7 +170,7 @@ def test_two_passes_use_two_independent_masks(kind):
     assert (overlap < 0.95).all()  # independent draws, not the same mask
     # the first pass is the one-pass model's pass; top-level keys are pass 1
     assert torch.equal(o2["mask"], o1["mask"]) and torch.equal(m1, o1["mask"])
-    assert torch.allclose(o2["nce"], o1["nce"]) and torch.allclose(t["nce"]["nce"], o1["nce"])
+    assert torch.allclose(o2["nce_pred"], o1["nce_pred"]) and torch.allclose(t["nce"]["nce_pred"], o1["nce_pred"])
     # the second pass's targets are its own masked patches
     patches = two.tokenizer.patchify(x)
     assert torch.equal(t["mse"]["target"][0], patches[0, m2[0]])
@@ -189,12 +190,13 @@ def test_criterion_uses_pass_one_for_nce_and_pass_two_for_mse():
 
     m = small(PATCH, passes="two")
     x = torch.randn(2, 1024, 128)
-    crit = MaskedReconNceCriterion(MaskedReconNceConfig(nce_orientation="predictions"), None)
+    crit = MaskedReconNceCriterion(MaskedReconNceConfig(nce_orientation="predictions",
+                                                        loss_normalization="per_process"), None)
     sample = {"net_input": {"fbank": x, "frame_padding": None, "mask_rng": rng_for([0, 1])}}
     loss, _, log = crit(m, sample)
     out = m(x, None, rng_for([0, 1]))
-    nce, acc = info_nce(out["terms"]["nce"]["nce"], out["terms"]["nce"]["target"], orientation="predictions")
-    mse = masked_mse(out["terms"]["mse"]["recon"], out["terms"]["mse"]["target"])
+    nce, acc = info_nce(out["terms"]["nce"]["nce_pred"], out["terms"]["nce"]["target"], orientation="predictions")
+    mse = masked_mse(out["terms"]["mse"]["pred"], out["terms"]["mse"]["target"])
     assert torch.allclose(loss, nce + 10 * mse)
     assert torch.allclose(log["acc"], acc) and int(log["masked_tokens"]) == 800
 

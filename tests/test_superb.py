@@ -8,14 +8,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
 from conftest import REPO, console, fairseq_env
+
 from maeast_fairseq.cli import evaluate as cli
 from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
 from maeast_fairseq.evaluation import features
-from maeast_fairseq.evaluation.superb import (PROTOCOL_LABELS, PooledClassifier, SuperbHead, TrainConfig,
-                                              WeightedLayerSum, average_precision, fold_roles,
-                                              mean_average_precision, train_heads)
+from maeast_fairseq.evaluation.superb import (
+    PROTOCOL_LABELS,
+    PooledClassifier,
+    SuperbHead,
+    TrainConfig,
+    WeightedLayerSum,
+    average_precision,
+    fold_roles,
+    mean_average_precision,
+    train_heads,
+)
 from maeast_fairseq.evaluation.superb import evaluate as evaluate_head
 
 PITCHES = {f"p{k}": 200.0 * 2 ** (k / 2) for k in range(8)}  # 8 pitch classes, half an octave apart
@@ -310,7 +318,8 @@ def test_per_class_scores_by_hand():
     a, b, c = pc["classes"]
     assert (a["support"], a["recall"], a["precision"]) == (2, 3 / 4, 3 / 4) and a["f1"] == pytest.approx(3 / 4)
     assert (b["recall"], b["precision"]) == (1.0, 2 / 4) and b["f1"] == pytest.approx(2 / 3)
-    assert (c["recall"], c["precision"], c["f1"]) == (0.0, None, None)  # never predicted: no precision
+    # never predicted: no precision; F1 = 2 tp / (2 tp + fp + fn) = 0 (core.metrics' rule, as maeast-predict)
+    assert (c["recall"], c["precision"], c["f1"]) == (0.0, None, 0.0)
     # multi-label: AP per class, mean over the seeds; None for a class without positives
     targets = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
     ml = torch.tensor([[[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.1, 0.7, 0.5]],

@@ -77,9 +77,10 @@ def synthetic_pretraining(out: str, minutes: float) -> dict:
 
 def synthetic_downstream(out: str) -> dict:
     """Labelled synthetic sound kinds; train / valid / test clips drawn with different seeds."""
+    import soundfile as sf
+
     from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
     from maeast_fairseq.data.synthetic import make_corpus
-    import soundfile as sf
     root = os.path.join(out, "synthetic", "downstream")
     shutil.rmtree(root, ignore_errors=True)
     data = os.path.join(out, "data", "downstream")
@@ -151,7 +152,17 @@ def get_data(args, out: str, recipe: P.Recipe) -> dict:
 
     # -- downstream -------------------------------------------------------------------------------------------------
     if args.downstream_data:
-        info["downstream"] = {"data": os.path.abspath(args.downstream_data), "name": "user data", "kits": None}
+        # its manifests, labels and lists (not the audio: manifests hold absolute roots) under out/data/downstream,
+        # where the README's Downstream commands look
+        dest = os.path.join(out, "data", "downstream")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        for name in sorted(os.listdir(args.downstream_data)):
+            src = os.path.join(args.downstream_data, name)
+            if os.path.isfile(src) and name.endswith((".tsv", ".lbl", ".txt")):
+                shutil.copy(src, dest)
+        info["downstream"] = {"data": dest, "name": f"user data ({os.path.abspath(args.downstream_data)})",
+                              "kits": None}
     elif kits:
         P.step(f"drum-instrument task from {len(kits)} Hydrogen kits (drumkit.xml -> kick/snare/hihat/tom/cymbal), "
                f"{len(F.KIT_FOLDS)}-fold cross-validation over groups of whole kits")
@@ -162,8 +173,11 @@ def get_data(args, out: str, recipe: P.Recipe) -> dict:
         d["data"] = dest
         d["name"] = (f"Hydrogen drum kits, drum-instrument type, {len(d['folds'])}-fold cross-validation over groups "
                      "of whole kits")
+        d["first_fold_splits"] = write_first_fold_splits(dest)
         info["downstream"] = d
         print(f"   clips per fold {d['clips']}; kits {d['kits']}; classes {d['classes']}", flush=True)
+        print(f"   {dest}/train|valid|test.tsv + .lbl: the cross-validation's first fold "
+              f"{d['first_fold_splits']}", flush=True)
         info["leak_check"] = leak_check(dest, corpus)
     else:
         P.step("downstream: SYNTHETIC labelled sound kinds (no drum kits available)")
@@ -171,11 +185,38 @@ def get_data(args, out: str, recipe: P.Recipe) -> dict:
     return info
 
 
+def write_first_fold_splits(downstream: str) -> dict:
+    """``train`` / ``valid`` / ``test`` manifests + labels beside ``all.tsv``: the first fold of the k-fold
+    evaluation (``maeast-evaluate --folds K --fold-file folds.txt``: test = the first fold id in its order, valid =
+    the next, train = the rest), so whole kits never straddle splits. For the commands that take one split (the
+    README's Downstream section: ``maeast-embed``, fine-tuning, ``maeast-predict``, ``fairseq-validate``,
+    ``maeast-evaluate --test test``). Returns {split: fold ids}."""
+    from maeast_fairseq.cli.evaluate import fold_order, read_fold_ids
+    from maeast_fairseq.data.manifest import read_labels, read_manifest, write_labels, write_manifest
+    from maeast_fairseq.evaluation.superb import fold_roles
+    tsv = os.path.join(downstream, "all.tsv")
+    root, entries = read_manifest(tsv)
+    labels = read_labels(os.path.join(downstream, "all.lbl"), len(entries), manifest_path=tsv)
+    ids = read_fold_ids(os.path.join(downstream, "folds.txt"), len(entries))
+    order = fold_order(ids)
+    roles = fold_roles(0, len(order))
+    out = {}
+    for split in ("train", "valid", "test"):
+        wanted = {order[f] for f in roles[split]}
+        keep = [i for i, fid in enumerate(ids) if fid in wanted]
+        write_manifest(os.path.join(downstream, f"{split}.tsv"), root,
+                       [(entries[i].rel, entries[i].num_samples) for i in keep])
+        write_labels(os.path.join(downstream, f"{split}.lbl"), [labels[i] for i in keep])
+        out[split] = [order[f] for f in roles[split]]
+    return out
+
+
 def leak_check(downstream: str, corpus: str) -> dict:
     """Can a model win by recognising the recording? Onset fingerprints (cosine) of every drum clip against every
     pretraining piece, and against the clips of the OTHER folds. Kits that share recordings score >= 0.99 (the
     GMRockKit / The Black Pearl pairs, which is why they are one fold): that is what a copy looks like."""
     import torch
+
     from maeast_fairseq.data.manifest import read_manifest
     P.step("leak check: onset fingerprints of every drum clip vs the pretraining pieces and the other folds' clips")
     clips = [e.path for e in read_manifest(os.path.join(downstream, "all.tsv"))[1]]
@@ -303,6 +344,9 @@ def main(argv=None) -> int:
         recipe.pretrain_minutes = args.pretrain_minutes
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = os.path.abspath(args.out)
+    if args.downstream_data and os.path.abspath(args.downstream_data).startswith(os.path.join(out, "data") + os.sep):
+        raise SystemExit(f"demo: --downstream-data {args.downstream_data} is inside {out}/data, which the demo "
+                         "rewrites: give a folder outside it")
     for sub in ("checkpoints", "hydra", "eval", "figures", "logs", "data", "synthetic"):
         shutil.rmtree(os.path.join(out, sub), ignore_errors=True)
     os.makedirs(os.path.join(out, "figures"), exist_ok=True)
@@ -321,9 +365,9 @@ def main(argv=None) -> int:
     evals = P.evaluate_all(ups, data, out, recipe)
 
     P.step("figures")
-    from maeast_fairseq.demo import plots
     from maeast_fairseq.audio import load_audio
     from maeast_fairseq.data.manifest import read_manifest
+    from maeast_fairseq.demo import plots
     figs = os.path.join(out, "figures")
     print("   " + plots.loss_curves(runs, os.path.join(figs, "loss_curves.png"), P.TITLES), flush=True)
     _, entries = read_manifest(os.path.join(info["pretrain"]["manifest"], "valid.tsv"))

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
             durations.append(n / sr)
         except AudioError as err:
             if not args.skip_errors:
-                raise SystemExit(f"[{PROG}] {err} (use --skip-errors to go on without it)")
+                raise SystemExit(f"[{PROG}] {err} (use --skip-errors to go on without it)") from None
             skipped.append(rel)
             durations.append(-1.0)
     order = [i for i in sorted(range(len(files)), key=lambda i: -durations[i]) if durations[i] >= 0]
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                 ok.append(i)
             except AudioError as err:
                 if not args.skip_errors:
-                    raise SystemExit(f"[{PROG}] {err} (use --skip-errors to go on without it)")
+                    raise SystemExit(f"[{PROG}] {err} (use --skip-errors to go on without it)") from None
                 skipped.append(files[i][1])
         if not wavs:
             continue

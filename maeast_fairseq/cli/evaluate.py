@@ -55,13 +55,28 @@ from typing import Dict, List, Optional
 
 import torch
 
-from maeast_fairseq.data.manifest import (LABEL_LIST_NAME, ManifestError, label_path_for, read_label_list,
-                                          read_labels, read_manifest, resolve_manifest)
-from maeast_fairseq.evaluation.features import (STATS, ExtractOptions, FeatureCache, default_cache_dir,
-                                                load_upstream)
-from maeast_fairseq.evaluation.superb import (PROTOCOL_DEFAULTS, PROTOCOLS, TrainConfig, average_precision,
-                                              chance_level, fold_roles, mean_std, metric_name, protocol_label,
-                                              run_protocol)
+from maeast_fairseq.core.metrics import average_precision, confusion_matrix, confusion_scores
+from maeast_fairseq.data.manifest import (
+    LABEL_LIST_NAME,
+    ManifestError,
+    label_path_for,
+    read_label_list,
+    read_labels,
+    read_manifest,
+    resolve_manifest,
+)
+from maeast_fairseq.evaluation.features import STATS, ExtractOptions, FeatureCache, default_cache_dir, load_upstream
+from maeast_fairseq.evaluation.superb import (
+    PROTOCOL_DEFAULTS,
+    PROTOCOLS,
+    TrainConfig,
+    chance_level,
+    fold_roles,
+    mean_std,
+    metric_name,
+    protocol_label,
+    run_protocol,
+)
 
 NOT_COMPARABLE = ("frozen-upstream numbers on the data named here; not comparable to the papers' fine-tuned "
                   "results (AS-20K, ESC-50, SPC, ...) nor to the SUPERB leaderboard unless the data is the same")
@@ -196,7 +211,8 @@ def shuffle_labels(y: torch.Tensor, seed: int) -> torch.Tensor:
     return out
 
 
-def _fold_ids(path: str, n: int) -> List[str]:
+def read_fold_ids(path: str, n: int) -> List[str]:
+    """The fold id of every clip (one line each) of a ``--fold-file``; an error unless there are ``n``."""
     with open(path, encoding="utf-8") as f:
         ids = [line.strip() for line in f.read().splitlines()]
     if len(ids) != n:
@@ -204,7 +220,8 @@ def _fold_ids(path: str, n: int) -> List[str]:
     return ids
 
 
-def _sorted_ids(ids) -> List[str]:
+def fold_order(ids) -> List[str]:
+    """The distinct fold ids in the order of the folds (numeric when they all are numbers, else alphabetical)."""
     uniq = set(ids)
     try:
         return sorted(uniq, key=lambda v: (float(v), v))
@@ -250,17 +267,14 @@ def per_class_scores(scores: Optional[torch.Tensor], y: torch.Tensor, classes: L
                              "ap": None if torch.isnan(ap_mean[j]) else float(ap_mean[j])}
                             for j, c in enumerate(classes)]}
     pred = scores.argmax(-1)  # (S, N)
-    confusion = torch.bincount((y.unsqueeze(0) * n_classes + pred).flatten(),
-                               minlength=n_classes * n_classes).view(n_classes, n_classes)
-    true_count, pred_count, hits = confusion.sum(1), confusion.sum(0), confusion.diagonal()
-    rows = []
-    for j, c in enumerate(classes):
-        recall = float(hits[j] / true_count[j]) if true_count[j] else None
-        precision = float(hits[j] / pred_count[j]) if pred_count[j] else None
-        f1 = (2 * precision * recall / (precision + recall) if precision and recall else
-              (0.0 if precision is not None and recall is not None else None))
-        rows.append({"class": c, "support": int(true_count[j]) // int(scores.shape[0]), "recall": recall,
-                     "precision": precision, "f1": f1})
+    confusion = confusion_matrix(pred, y.unsqueeze(0).expand_as(pred), n_classes)
+    per = confusion_scores(confusion)  # NaN where undefined (see core.metrics.precision_recall_f1)
+
+    def value(t: torch.Tensor, j: int) -> Optional[float]:
+        return None if torch.isnan(t[j]) else float(t[j])
+
+    rows = [{"class": c, "support": int(per["support"][j]) // int(scores.shape[0]), "recall": value(per["recall"], j),
+             "precision": value(per["precision"], j), "f1": value(per["f1"], j)} for j, c in enumerate(classes)]
     return {"metric": "accuracy", "seeds": int(scores.shape[0]), "classes": rows,
             "confusion": confusion.tolist(),
             "confusion_rule": "rows: true class, columns: predicted class, counts summed over the head seeds"}
@@ -295,15 +309,9 @@ def write_figure(out: Dict, path: str) -> Optional[str]:
     if per_class is None:
         ax_c.set_axis_off()
     elif "confusion" in per_class:
-        conf = torch.tensor(per_class["confusion"], dtype=torch.float64)
-        norm = conf / conf.sum(1, keepdim=True).clamp(min=1)
-        im = ax_c.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-        ax_c.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-        ax_c.set_yticks(range(len(classes)), classes, fontsize=7)
-        ax_c.set_xlabel("predicted")
-        ax_c.set_ylabel("true")
-        ax_c.set_title("confusion matrix (row-normalised, all seeds" + (", all folds)" if "folds" in out else ")"))
-        fig.colorbar(im, ax=ax_c, fraction=0.046)
+        from maeast_fairseq.demo.plots import draw_confusion
+        draw_confusion(fig, ax_c, per_class["confusion"], classes,
+                       "confusion matrix (row-normalised, all seeds" + (", all folds)" if "folds" in out else ")"))
     else:
         aps = [r["ap"] if r["ap"] is not None else float("nan") for r in per_class["classes"]]
         ax_c.barh(range(len(classes)), aps, color="tab:orange")
@@ -356,8 +364,8 @@ def _main(args) -> int:
         if args.folds:
             if args.fold_file:
                 whole = load_split(data, args.fold_split)
-                ids = _fold_ids(args.fold_file, len(whole["paths"]))
-                order = _sorted_ids(ids)
+                ids = read_fold_ids(args.fold_file, len(whole["paths"]))
+                order = fold_order(ids)
                 if len(order) != args.folds:
                     raise ManifestError(args.fold_file, None, f"has {len(order)} distinct fold ids {order}, "
                                         f"expected --folds {args.folds}")

@@ -7,7 +7,7 @@
     maeast-plot eat CHECKPOINT RUN --out eat.png        # EAT: inverse block mask, frame / utterance losses, teacher
                                                          # target and student prediction variance over training
 
-``loss``: one panel per run, the training loss and its logged terms (``nce``, ``recon``, ``frame_loss`` ...) per
+``loss``: one panel per run, the training loss and its logged terms (``nce``, ``mse``, ``frame_loss`` ...) per
 update, and the validation loss as points. ``recon`` needs a pretraining checkpoint (with its decoder: not an export);
 ``--frames`` crops / pads the clip's log-mel as in pretraining (default 256).
 """

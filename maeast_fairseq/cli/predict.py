@@ -183,8 +183,14 @@ def _num(v) -> Optional[float]:
 def score_report(probs: torch.Tensor, truth: torch.Tensor, classes: Sequence[str], multi_label: bool,
                 threshold: float = 0.5) -> Dict:
     """The scores of predictions ``probs`` (N, C) against the true labels ``truth`` (N, C) 0/1, as fractions."""
-    from ..core.metrics import (accuracy, average_precision, confusion_matrix, confusion_scores,
-                                mean_average_precision, multilabel_scores)
+    from ..core.metrics import (
+        accuracy,
+        average_precision,
+        confusion_matrix,
+        confusion_scores,
+        mean_average_precision,
+        multilabel_scores,
+    )
 
     report: Dict = {"clips": int(probs.shape[0]), "classes": list(classes)}
     if multi_label:
@@ -223,7 +229,7 @@ def print_report(report: Dict, file=None) -> None:
               f"{_pct(r['f1']):>6}{ap}", file=file)
     if "confusion" in report:
         cw = max(5, max(len(c) for c in classes))
-        print(f"\nconfusion matrix (rows: true class, columns: predicted)", file=file)
+        print("\nconfusion matrix (rows: true class, columns: predicted)", file=file)
         print(f"{'':<{w}} " + " ".join(f"{c[:cw]:>{cw}}" for c in classes), file=file)
         for c, row in zip(classes, report["confusion"]):
             print(f"{c:<{w}} " + " ".join(f"{v:>{cw}}" for v in row), file=file)

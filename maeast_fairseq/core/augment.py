@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+
 def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float, prob: float = 1.0,
           frame_padding: Optional[torch.Tensor] = None):
     """Batch-mode mixup: with probability ``prob`` draw one ``lam ~ Beta(alpha, alpha)`` and mix every clip with the

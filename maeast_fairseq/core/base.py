@@ -9,14 +9,51 @@ class itself:
 * ``head_norm_eps``: the epsilon of the method's official fine-tuning head LayerNorm (SSAST 1e-5, EAT 1e-6).
 
 The registry of the core models is :data:`maeast_fairseq.core.registry.CORE_MODELS`.
+
+**The pretraining output.** Every core model's ``forward(fbank, frame_padding, mask_rng, mask)`` returns a dict in
+one vocabulary, :data:`PRETRAINING_OUTPUT_KEYS`: a prediction is ``pred`` or ``<what>_pred``, what it is scored
+against is ``target`` or ``<what>_target``; a method returns the keys its objective uses. Shapes: B clips, N tokens
+a clip, R mask rows (B; EAT: B * clones, row ``b * clones + c`` = clone c of clip b), M masked tokens (SSAST /
+MAE-AST: the most of any clip; EAT: of all rows together), P = patch values (``patch_time * patch_freq``), D =
+encoder width.
+
+* ``mask`` (R, N) bool, True = masked (never a padding token);
+* ``padding_mask`` (B, N) bool, True = padding token, or None (no padding);
+* ``target``: the targets at the masked positions -- SSAST / MAE-AST: the masked patches (B, M, P), a row per
+  clip, empty slots at the end of the rows of padded clips; EAT: the teacher targets (M, D), the masked tokens of
+  all rows in the row-major order of ``mask``;
+* ``target_valid`` (B, M) bool, SSAST / MAE-AST: True = a real masked token, False = an empty slot (the rows of a
+  padded batch hold different numbers of masked tokens); every loss and metric skips the empty slots;
+* ``pred``: the regression prediction of ``target`` (same shape), scored by a squared error -- SSAST's generative
+  head (``gpred``), MAE-AST's reconstruction head, EAT's decoder;
+* ``nce_pred`` (B, M, P), SSAST / MAE-AST: the prediction scored against ``target`` by InfoNCE (negatives: the
+  other masked patches of the clip) -- SSAST's ``cpred``, MAE-AST's classification head;
+* ``cls_pred`` / ``cls_target`` (R, D), EAT: the student's CLS output per row and its utterance target (the mean
+  of the clip's teacher targets over its valid tokens);
+* ``num_masked`` / ``num_tokens``, EAT: 0-d long tensors, the masked and the valid tokens over the R rows
+  (``num_masked`` is the loss's ``sample_size``);
+* ``target_var`` / ``pred_var``, EAT: the spread of ``target`` / ``pred`` (data2vec's statistic, logged under
+  these names); ``ema_decay``: the teacher's current EMA decay (0-d float64);
+* ``terms``, SSAST with ``passes='two'``: ``{"nce": output of pass 1, "mse": output of pass 2}``, each a dict of
+  the keys above (the top-level keys are pass 1's): which masked pass feeds which loss term.
+
+The losses read these keys: :func:`~maeast_fairseq.core.losses.nce_mse_loss` (SSAST, MAE-AST) and
+:func:`~maeast_fairseq.core.losses.ufo_loss` (EAT). ``extract_features`` (downstream, no masking) returns ``x``,
+``hidden_states``, ``padding_mask`` and (SSAST, EAT) ``cls``.
 """
-from typing import List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .masking import gather_visible
+
 #: clip poolings of an encoder's output: the mean over the valid patch tokens, or the CLS token
 POOLINGS = ("mean", "cls")
+
+#: every key a core model's pretraining ``forward`` may return (the vocabulary of this module's docstring)
+PRETRAINING_OUTPUT_KEYS = ("mask", "padding_mask", "target", "target_valid", "pred", "nce_pred", "cls_pred",
+                           "cls_target", "num_masked", "num_tokens", "target_var", "pred_var", "ema_decay", "terms")
 
 
 class CoreModel(nn.Module):
@@ -50,3 +87,22 @@ class CoreModel(nn.Module):
             setattr(self, name, None)
             removed.append(f"{name} ({count:,} params)")
         return removed
+
+
+def masked_patch_output(decoded: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor,
+                        padding_mask: Optional[torch.Tensor], pred_head: Callable[[torch.Tensor], torch.Tensor],
+                        nce_pred_head: Callable[[torch.Tensor], torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """SSAST's / MAE-AST's pretraining output (the keys of this module's docstring) from the last stage's token
+    outputs ``decoded`` (B, N, D), the ``patches`` (B, N, P) and the ``mask`` (B, N): the masked positions are
+    gathered to (B, M, .) with a validity flag per slot (the rows of padded clips hold fewer masked tokens) and the
+    two prediction heads applied there."""
+    masked, _, slot_invalid, _ = gather_visible(decoded, ~mask)
+    target, _, _, _ = gather_visible(patches, ~mask)
+    return {
+        "pred": pred_head(masked),
+        "nce_pred": nce_pred_head(masked),
+        "target": target,
+        "target_valid": ~slot_invalid,
+        "mask": mask,
+        "padding_mask": padding_mask,
+    }

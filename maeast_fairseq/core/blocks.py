@@ -104,30 +104,22 @@ class FeedForward(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """One transformer layer, pre-LN or post-LN. ``forward`` returns ``(x, ffn_out)``."""
+    """One transformer layer, pre-LN or post-LN. ``forward`` returns ``(x, ffn_out)``.
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        ffn_dim: int,
-        *,
-        norm_first: bool,
-        qkv_bias: bool = True,
-        dropout: float = 0.0,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        drop_path: float = 0.0,
-        norm_eps: float = 1e-5,
-    ):
+    Built without regularisation: its dropout, attention dropout, activation dropout and drop-path rates are set by
+    :meth:`TransformerStack.configure` (the one place that knows a block's depth in its stack).
+    """
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int, *, norm_first: bool, qkv_bias: bool = True,
+                 norm_eps: float = 1e-5):
         super().__init__()
         self.norm_first = norm_first
-        self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias, attention_dropout=attention_dropout)
-        self.ffn = FeedForward(dim, ffn_dim, activation_dropout=activation_dropout)
+        self.attn = SelfAttention(dim, num_heads, qkv_bias=qkv_bias)
+        self.ffn = FeedForward(dim, ffn_dim)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.drop_path = DropPath(drop_path)
+        self.dropout = nn.Dropout(0.0)
+        self.drop_path = DropPath(0.0)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.norm_first:
@@ -166,18 +158,16 @@ class TransformerStack(nn.Module):
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.layerdrop = layerdrop
+        self.layerdrop = 0.0
         self.blocks = nn.ModuleList(
-            TransformerBlock(
-                dim, num_heads, ffn_dim, norm_first=norm_first, qkv_bias=qkv_bias, dropout=dropout,
-                attention_dropout=attention_dropout, activation_dropout=activation_dropout, norm_eps=norm_eps,
-            )
+            TransformerBlock(dim, num_heads, ffn_dim, norm_first=norm_first, qkv_bias=qkv_bias, norm_eps=norm_eps)
             for _ in range(depth)
         )
         self.input_norm = None if norm_first else nn.LayerNorm(dim, eps=norm_eps)
         self.final_norm = nn.LayerNorm(dim, eps=norm_eps) if norm_first else None
-        self.input_dropout = nn.Dropout(dropout)
-        self.configure(drop_path=drop_path)
+        self.input_dropout = nn.Dropout(0.0)
+        self.configure(dropout=dropout, attention_dropout=attention_dropout, activation_dropout=activation_dropout,
+                       drop_path=drop_path, layerdrop=layerdrop)
 
     def configure(self, *, dropout: Optional[float] = None, attention_dropout: Optional[float] = None,
                   activation_dropout: Optional[float] = None, drop_path: Optional[float] = None,

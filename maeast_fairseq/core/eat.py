@@ -56,6 +56,7 @@ from .positions import sincos_2d
 from .rng import MaskRNG
 from .tokenizer import PatchEmbed, Tokenizer
 
+
 @dataclass
 class EatConfig:
     # -- tokens ---------------------------------------------------------------------------------------------------
@@ -393,7 +394,8 @@ class Eat(CoreModel):
         """fbank: (B, T, F) normalised log-mel; frame_padding: (B, T) True = padding; mask_rng: one row per clip;
         mask: explicit (B * clones, N) masks instead of drawn ones (:meth:`forward_student`).
 
-        Returns, with R = B * clones rows and M = masked tokens over all rows:
+        Returns (keys: :mod:`~maeast_fairseq.core.base`), with R = B * clones rows and M = masked tokens over all
+        rows:
         ``pred`` / ``target`` (M, D) at the masked positions (row-major order of ``mask``), ``cls_pred`` /
         ``cls_target`` (R, D), ``num_masked`` (M, long), ``num_tokens`` (valid tokens over the R rows), ``mask``
         (R, N), ``padding_mask`` (B, N) or None, and the statistics ``target_var``, ``pred_var``, ``ema_decay``.

@@ -159,15 +159,15 @@ def nce_mse_loss(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SSAST's / MAE-AST's joint objective from their model output: ``nce_weight x InfoNCE + mse_weight x MSE``.
 
-    ``out`` holds ``nce`` / ``recon`` predictions and ``target`` patches (B, M, P) with ``target_valid`` (B, M); a
-    model that scores each term on its own masked pass (SSAST's official two passes) returns them under
-    ``out["terms"] = {"nce": pass, "mse": pass}``. Returns ``(total, nce, mse, accuracy)``, float32 scalars
-    (:func:`info_nce` with ``orientation``, :func:`masked_mse`).
+    ``out`` holds the ``nce_pred`` / ``pred`` predictions and the ``target`` patches (B, M, P) with ``target_valid``
+    (B, M) (the keys of :mod:`~maeast_fairseq.core.base`); a model that scores each term on its own masked pass
+    (SSAST's official two passes) returns them under ``out["terms"] = {"nce": pass, "mse": pass}``. Returns
+    ``(total, nce, mse, accuracy)``, float32 scalars (:func:`info_nce` with ``orientation``, :func:`masked_mse`).
     """
     terms = out.get("terms")
     nce_out, mse_out = (terms["nce"], terms["mse"]) if terms else (out, out)
-    nce, acc = info_nce(nce_out["nce"], nce_out["target"], nce_out["target_valid"], orientation=orientation)
-    mse = masked_mse(mse_out["recon"], mse_out["target"], mse_out["target_valid"])
+    nce, acc = info_nce(nce_out["nce_pred"], nce_out["target"], nce_out["target_valid"], orientation=orientation)
+    mse = masked_mse(mse_out["pred"], mse_out["target"], mse_out["target_valid"])
     return nce_weight * nce + mse_weight * mse, nce, mse, acc
 
 
@@ -264,17 +264,19 @@ def eat_utterance_loss(
         return per_elem.sum() * (float(weight) * m)
 
 
-def ufo_loss(out: Dict[str, torch.Tensor], utterance_weight: float = 1.0):
+def ufo_loss(out: Dict[str, torch.Tensor], utterance_weight: float = 1.0, utterance_multiplier=None):
     """EAT's Utterance-Frame Objective from :meth:`~maeast_fairseq.core.eat.Eat.forward`'s output.
 
     Returns ``(total, frame, utterance, sample_size)``: ``frame`` = sum over the masked tokens of
     ``||pred - target||^2 / sqrt(D)``, ``utterance`` = ``utterance_weight * M * sum over the R clone rows of
     ||cls_pred - cls_target||^2 / sqrt(D)``, ``total = frame + utterance`` and ``sample_size = M`` (masked
     tokens). The trainer divides by ``M``: a per-masked-token frame mean plus a *sum* over clone rows.
+    ``utterance_multiplier`` replaces ``M`` in the utterance term (e.g. the masked tokens of every process).
     """
     m = out["num_masked"]
     frame = eat_frame_loss(out["pred"], out["target"])
-    utterance = eat_utterance_loss(out["cls_pred"], out["cls_target"], m, weight=utterance_weight)
+    multiplier = m if utterance_multiplier is None else utterance_multiplier
+    utterance = eat_utterance_loss(out["cls_pred"], out["cls_target"], multiplier, weight=utterance_weight)
     return frame + utterance, frame, utterance, m
 
 

@@ -34,7 +34,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from .base import CoreModel
+from .base import CoreModel, masked_patch_output
 from .blocks import TransformerStack, init_bert_params
 from .masking import cluster_mask, gather_visible, random_mask, scatter_back
 from .norm import SpectrogramBatchNorm
@@ -52,6 +52,12 @@ class MaeAstConfig:
         default="batchnorm",
         metadata={"help": "'batchnorm': MAE-AST's in-model BatchNorm(affine=False) x 0.5; 'none': the front end "
                           "already normalised with dataset statistics (task.norm = dataset)"},
+    )
+    input_norm_sync: bool = field(
+        default=True,
+        metadata={"help": "with several processes (torch.distributed), the input BatchNorm takes the moments of the "
+                          "global batch, so N processes normalise as one (decision D25); false: per-process batch "
+                          "statistics, as the official code"},
     )
     encoder_layers: int = field(default=12, metadata={"help": "encoder depth (the paper also trains 6)"})
     embed_dim: int = field(default=768, metadata={"help": "encoder width"})
@@ -110,7 +116,8 @@ class MaeAst(CoreModel):
             raise ValueError(f"token_padding_rule must be 'any' or 'all', got {cfg.token_padding_rule!r}")
         if cfg.init not in ("bert", "official"):
             raise ValueError(f"init must be 'bert' or 'official', got {cfg.init!r}")
-        self.input_norm = SpectrogramBatchNorm() if cfg.input_norm == "batchnorm" else None
+        self.input_norm = (SpectrogramBatchNorm(sync=cfg.input_norm_sync) if cfg.input_norm == "batchnorm"
+                           else None)
         self.patch_embed = PatchEmbed(self.tokenizer, cfg.embed_dim)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         common = dict(norm_first=False, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
@@ -167,9 +174,10 @@ class MaeAst(CoreModel):
         """fbank: (B, T, F) log-mel; frame_padding: (B, T) True = padding (None = every frame is data); ``mask``
         (B, N) bool, True = masked: an explicit mask instead of drawing one (e.g. to replay a recorded mask).
 
-        Returns ``recon``/``nce`` predictions and ``target`` patches at the masked positions, each (B, M, P), with
+        Returns (keys: :mod:`~maeast_fairseq.core.base`) the ``pred`` (reconstruction head) / ``nce_pred``
+        (classification head) predictions and the ``target`` patches at the masked positions, each (B, M, P), with
         ``target_valid`` (B, M) (rows have different numbers of masked tokens when clips are padded), the token
-        ``mask`` (B, N) and ``padding_mask`` (B, N).
+        ``mask`` (B, N) and ``padding_mask`` (B, N) or None.
         """
         b = fbank.shape[0]
         tokens, patches, token_padding = self.embed(fbank, frame_padding)
@@ -193,17 +201,8 @@ class MaeAst(CoreModel):
         y = y + self._positions(n, y.shape[-1], y, token_padding)
         y, _, _ = self.decoder(y, token_padding)
 
-        # the masked positions, gathered to (B, M, .) with a validity flag per slot
-        y_masked, _, masked_slot_invalid, _ = gather_visible(y, ~mask)
-        target, _, _, _ = gather_visible(patches, ~mask)
-        return {
-            "recon": self.reconstruction_head(y_masked),
-            "nce": self.classification_head(y_masked),
-            "target": target,
-            "target_valid": ~masked_slot_invalid,
-            "mask": mask,
-            "padding_mask": token_padding,
-        }
+        return masked_patch_output(y, patches, mask, token_padding, pred_head=self.reconstruction_head,
+                                   nce_pred_head=self.classification_head)
 
     # -- downstream -----------------------------------------------------------------------------------------------
     def extract_features(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None) -> Dict:

@@ -69,6 +69,15 @@ def _valid_mask(padding_mask: Optional[torch.Tensor], B: int, T: int, device) ->
     return ~padding_mask.to(device=device, dtype=torch.bool)
 
 
+def _valid_and_counts(rng: MaskRNG, T: int, mask_ratio: float, padding_mask: Optional[torch.Tensor]
+                      ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The valid tokens ``(B, T)`` of ``rng``'s rows and each row's ``(num_masked, num_kept)`` (:func:`mask_counts`)."""
+    valid = _valid_mask(padding_mask, rng.batch, T, rng.device)
+    num_masked, num_kept = mask_counts(None if padding_mask is None else ~valid, T, mask_ratio, rng.device,
+                                       batch=rng.batch)
+    return valid, num_masked, num_kept
+
+
 def _select_lowest(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Bool (B, T): True for the ``k[b]`` entries with the smallest ``score`` in each row (stable ties)."""
     B, T = score.shape
@@ -142,9 +151,7 @@ def random_mask(
     if B != rng.batch:
         raise ValueError(f"batch={B} but rng has {rng.batch} rows")
     T = int(num_tokens)
-    dev = rng.device
-    valid = _valid_mask(padding_mask, B, T, dev)
-    num_masked, _ = mask_counts(None if padding_mask is None else ~valid, T, mask_ratio, dev, batch=B)
+    valid, num_masked, _ = _valid_and_counts(rng, T, mask_ratio, padding_mask)
     noise = rng.bits(T).masked_fill(~valid, _INT64_MAX)
     return _select_lowest(noise, num_masked)
 
@@ -234,11 +241,8 @@ def _cluster_mask_and_sizes(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`cluster_mask` and the cluster size each row drew (``LongTensor (B,)``)."""
     n_t, n_f = int(grid[0]), int(grid[1])
-    T = n_t * n_f
-    B = rng.batch
-    dev = rng.device
-    valid = _valid_mask(padding_mask, B, T, dev)
-    num_masked, _ = mask_counts(None if padding_mask is None else ~valid, T, mask_ratio, dev, batch=B)
+    T, B, dev = n_t * n_f, rng.batch, rng.device
+    valid, num_masked, _ = _valid_and_counts(rng, T, mask_ratio, padding_mask)
 
     host_sizes = [int(c) for c in cluster_sizes]  # checked on the host: no device read
     if not host_sizes or min(host_sizes) < 1:
@@ -346,11 +350,8 @@ def _inverse_block_mask_and_shapes(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`inverse_block_mask` and the index into ``block`` of the shape each row drew (``LongTensor (B,)``)."""
     n_t, n_f = int(grid[0]), int(grid[1])
-    T = n_t * n_f
-    B = rng.batch
-    dev = rng.device
-    valid = _valid_mask(padding_mask, B, T, dev)
-    _, num_kept = mask_counts(None if padding_mask is None else ~valid, T, mask_ratio, dev, batch=B)
+    T, B, dev = n_t * n_f, rng.batch, rng.device
+    valid, _, num_kept = _valid_and_counts(rng, T, mask_ratio, padding_mask)
     n_valid = valid.sum(dim=1)
 
     blocks = _normalise_blocks(block)

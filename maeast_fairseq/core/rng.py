@@ -102,7 +102,7 @@ class MaskRNG:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_ids(cls, seed: int, epoch: int, ids: torch.Tensor) -> "MaskRNG":
+    def from_ids(cls, seed: int, epoch: int, ids: torch.Tensor) -> MaskRNG:
         """Keys = hash(seed, epoch, id) for each clip id (``ids``: LongTensor (B,), any device)."""
         ids = torch.as_tensor(ids, dtype=torch.long)
         if ids.dim() == 0:
@@ -123,7 +123,7 @@ class MaskRNG:
     @classmethod
     def from_generator(
         cls, generator: Optional[torch.Generator], batch: int, device=None
-    ) -> "MaskRNG":
+    ) -> MaskRNG:
         """Random keys drawn once from ``generator`` (or the global CPU RNG when None); for ad-hoc use/tests."""
         gen_device = generator.device if generator is not None else torch.device("cpu")
         keys = torch.randint(0, 2**62, (batch,), generator=generator, dtype=torch.long, device=gen_device)
@@ -141,7 +141,7 @@ class MaskRNG:
     def device(self) -> torch.device:
         return self.keys.device
 
-    def to(self, device) -> "MaskRNG":
+    def to(self, device) -> MaskRNG:
         return MaskRNG(self.keys.to(device), self.stream)
 
     def __repr__(self) -> str:
@@ -192,7 +192,7 @@ class MaskRNG:
             high = high.to(device=self.device, dtype=torch.long).view((-1,) + (1,) * len(shape))
         return (b * high) >> 32
 
-    def clones(self, n: int) -> "MaskRNG":
+    def clones(self, n: int) -> MaskRNG:
         """A MaskRNG with ``B * n`` rows; row ``b * n + c`` is keyed by hash(key_b, stream, c).
 
         Advances this generator's stream (two calls give different clone sets).
@@ -208,13 +208,13 @@ class MaskRNG:
         new_hi = _absorb(h, torch.full_like(h, _SALT_KEY_HI))
         return MaskRNG(_join_key(new_lo, new_hi), 0)
 
-    def select(self, rows: Union[torch.Tensor, Sequence[int], slice]) -> "MaskRNG":
+    def select(self, rows: Union[torch.Tensor, Sequence[int], slice]) -> MaskRNG:
         """Rows subset, sharing the current stream position (values of kept rows are unchanged)."""
         if not isinstance(rows, slice):
             rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         return MaskRNG(self.keys[rows].reshape(-1), self.stream)
 
-    def fold(self) -> "MaskRNG":
+    def fold(self) -> MaskRNG:
         """A 1-row MaskRNG whose key is a hash of the multiset of this batch's keys (order-independent).
 
         Used for 'one mask for the whole batch'.  It starts at this generator's current stream; callers that

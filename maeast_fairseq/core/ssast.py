@@ -48,9 +48,9 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from .base import CoreModel
+from .base import CoreModel, masked_patch_output
 from .blocks import TransformerStack
-from .masking import cluster_mask, gather_visible, random_mask
+from .masking import cluster_mask, random_mask
 from .positions import LearnedPositions
 from .rng import MaskRNG
 from .tokenizer import PatchEmbed, Tokenizer
@@ -191,17 +191,7 @@ class Ssast(CoreModel):
         x = torch.where(mask.unsqueeze(-1), self.mask_embed.to(tokens.dtype), tokens)
         y, _ = self.encode(x, token_padding, n_time)
         y = y[:, self.cfg.num_extra_tokens:]
-        # masked positions gathered to (B, M, .) with a validity flag per slot (rows differ when clips are padded)
-        y_masked, _, slot_invalid, _ = gather_visible(y, ~mask)
-        target, _, _, _ = gather_visible(patches, ~mask)
-        return {
-            "recon": self.gpred(y_masked),
-            "nce": self.cpred(y_masked),
-            "target": target,
-            "target_valid": ~slot_invalid,
-            "mask": mask,
-            "padding_mask": token_padding,
-        }
+        return masked_patch_output(y, patches, mask, token_padding, pred_head=self.gpred, nce_pred_head=self.cpred)
 
     # -- pretraining ----------------------------------------------------------------------------------------------
     def forward(self, fbank: torch.Tensor, frame_padding: Optional[torch.Tensor] = None,
@@ -210,10 +200,10 @@ class Ssast(CoreModel):
         ``mask``: an explicit (B, N) bool mask (True = masked) instead of drawing one (e.g. to replay a recorded
         mask); with ``passes='two'`` a pair ``(nce mask, mse mask)``.
 
-        Returns ``recon`` (gpred) / ``nce`` (cpred) predictions and ``target`` patches at the masked positions, each
-        (B, M, P), ``target_valid`` (B, M), the token ``mask`` (B, N) and ``padding_mask`` (B, N) or None. With
-        ``passes='two'`` the top-level keys are those of the first pass and ``terms = {"nce": pass 1, "mse": pass 2}``
-        tells the criterion which pass feeds which term.
+        Returns (keys: :mod:`~maeast_fairseq.core.base`) ``pred`` (gpred) / ``nce_pred`` (cpred) predictions and
+        ``target`` patches at the masked positions, each (B, M, P), ``target_valid`` (B, M), the token ``mask``
+        (B, N) and ``padding_mask`` (B, N) or None. With ``passes='two'`` the top-level keys are those of the first
+        pass and ``terms = {"nce": pass 1, "mse": pass 2}`` tells the criterion which pass feeds which term.
         """
         b = fbank.shape[0]
         tokens, patches, token_padding = self.embed(fbank, frame_padding)

@@ -21,6 +21,7 @@ workers' rows: the sum *is* the concatenation, exactly (``x + 0 = x``). A validi
 dummy batches fairseq uses to keep workers in step. The logging outputs therefore stay summable everywhere.
 """
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,7 @@ from fairseq.logging import metrics
 from fairseq.logging.meters import Meter
 
 from ..core.metrics import mean_average_precision, num_correct
+from .logging_outputs import logged_total
 
 LOSSES = ("auto", "ce", "bce")
 BCE_NORMS = ("batch", "positives", "elements")
@@ -134,8 +136,7 @@ class ClassificationCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        def total(key):
-            return float(sum(torch.as_tensor(log.get(key, 0)).float().sum() for log in logging_outputs))
+        total = functools.partial(logged_total, logging_outputs)
 
         sample_size = max(total("sample_size"), 1e-12)
         metrics.log_scalar("loss", total("loss") / sample_size, sample_size, round=4)

@@ -6,6 +6,9 @@
 ``B x clones`` CLS rows -- what EAT's ``model`` criterion does with ``cls_loss = w``. With several workers (or
 ``update_freq`` > 1) each forward multiplies by its own ``M`` while the trainer divides by the update's total, so the
 utterance weight follows the clips *per forward* (EAT: 12 per GPU): accumulate rather than enlarge ``batch_size``.
+``utterance_scale='global'`` (decision D26) multiplies by the masked tokens of *every process's* forward instead
+(an all-reduce), so N processes optimise what one process with the whole batch does; with ``update_freq`` k the
+weight stays that of one micro-batch (k equal micro-batches: the utterance term is 1/k of one big batch's).
 
 Every logging output is a sum over samples (values that are means are logged multiplied by the number of clips and
 divided back in :meth:`reduce_metrics`), so outputs of several workers can simply be summed (CPU DDP).
@@ -18,6 +21,7 @@ next to the mean ``target_var``. The run goes on (data2vec 2.0 / EAT stop it): t
 The example EAT yamls list both fields (``criterion.min_target_var=0.2`` overrides without a ``+``).
 """
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -28,6 +32,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
 from ..core.losses import ufo_loss
+from .logging_outputs import logged_total
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +123,12 @@ class EatUfoConfig(FairseqDataclass):
         default=1.0,
         metadata={"help": "lambda of the utterance (CLS) term; EAT's cls_loss (1 in the paper: +1.3 mAP over 0)"},
     )
+    utterance_scale: str = field(
+        default="per_forward",
+        metadata={"help": "multiplier M of the utterance term: 'per_forward' = this process's masked tokens (EAT's "
+                          "code: the weight follows the per-GPU batch); 'global' = the masked tokens of every "
+                          "process's forward (all-reduced), so N processes train as one with the whole batch"},
+    )
     min_target_var: float = field(
         default=MIN_TARGET_VAR,
         metadata={"help": "teacher targets count as collapsed when target_var (mean over features of their std "
@@ -136,10 +147,19 @@ class EatUfoCriterion(FairseqCriterion):
         super().__init__(task)
         self.cfg = cfg
         self.collapse_monitor = TargetCollapseMonitor(cfg.min_target_var, cfg.collapse_warn_interval)
+        if cfg.utterance_scale not in ("per_forward", "global"):
+            raise ValueError(f"criterion.utterance_scale must be 'per_forward' or 'global', got "
+                             f"{cfg.utterance_scale!r}")
 
     def forward(self, model, sample, reduce=True):
         out = model(**sample["net_input"])
-        loss, frame, utterance, num_masked = ufo_loss(out, self.cfg.utterance_loss_weight)
+        multiplier = None
+        # training only: validation batches are not in step across processes (an all-reduce there could hang)
+        if self.cfg.utterance_scale == "global" and model.training and torch.distributed.is_available() \
+                and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            multiplier = out["num_masked"].detach().clone()
+            torch.distributed.all_reduce(multiplier)  # every process's masked tokens of this step
+        loss, frame, utterance, num_masked = ufo_loss(out, self.cfg.utterance_loss_weight, multiplier)
         collapsed = self.collapse_monitor.update(out["target_var"], getattr(model, "num_updates", None))
         n = sample["net_input"]["fbank"].shape[0]
         logging_output = {
@@ -162,8 +182,7 @@ class EatUfoCriterion(FairseqCriterion):
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
-        def total(key):
-            return float(sum(torch.as_tensor(log.get(key, 0)).double().sum() for log in logging_outputs))
+        total = functools.partial(logged_total, logging_outputs)
 
         m = max(total("sample_size"), 1.0)
         n = max(total("nsentences"), 1.0)

@@ -202,7 +202,7 @@ class FbankDataset(FairseqDataset):
         raise ValueError(
             f"{self.manifest}: {len(short)} clip(s) shorter than one patch; {patch}:\n  "
             + "\n  ".join(listed[:SHOW_SHORT]) + more
-            + f"\nFix: task.short_clip_policy=drop drops and counts them (--short-clip-policy drop with "
+            + "\nFix: task.short_clip_policy=drop drops and counts them (--short-clip-policy drop with "
             "fairseq-train), or remove them from the manifest")
 
     # -- items -----------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ and 8 kHz) and channel counts, so the resampler and the down-mix are exercised t
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import soundfile as sf

@@ -15,15 +15,18 @@ from __future__ import annotations
 import glob
 import io
 import os
-import struct
 import random
 import re
 import shutil
+import struct
 import subprocess
 import xml.etree.ElementTree as ET
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: reading packages needs none
+    import torch
 
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 
@@ -221,7 +224,7 @@ def soundfont_samples(bank: str, dest: str, *, min_seconds: float = 0.3, max_sec
     os.makedirs(dest)
     pool, headers = read_soundfont_samples(bank)
     kept, broken = 0, 0
-    for i, (name, start, end, rate, kind) in enumerate(headers):
+    for i, (_name, start, end, rate, kind) in enumerate(headers):
         if (kind & ~SF3_VORBIS) not in (1, 4) or rate <= 0 or end > len(pool):
             continue
         try:
@@ -287,6 +290,7 @@ def prepare_pretraining(sources: Dict[str, List[str]], dest: str, *, max_seconds
 def write_unlabelled_manifest(root: str, dest: str, valid_fraction: float = 0.05, seed: int = 1) -> Dict[str, int]:
     """train.tsv / valid.tsv over every audio file under ``root`` (sample counts at the file's own rate)."""
     import soundfile as sf
+
     from maeast_fairseq.data.manifest import write_manifest
     files = audio_files(root)
     if not files:
@@ -360,15 +364,16 @@ def prepare_drums(kits: Dict[str, str], dest: str, *, max_seconds: float = 2.0,
     ``maeast-evaluate --folds K --fold-file folds.txt --fold-split all``. ``folds``: :data:`KIT_FOLDS` by default.
     Returns a summary."""
     folds = KIT_FOLDS if folds is None else folds
-    from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
     import soundfile as sf
+
+    from maeast_fairseq.data.manifest import write_label_list, write_labels, write_manifest
     audio_root = os.path.join(dest, "audio")
     rows: List[Tuple[str, int, str, str]] = []
     per_kit: Dict[str, Dict[str, int]] = {}
     seen = set()
     for kit in sorted(kits):
         fold = kit_fold(kit, folds)
-        for i, (path, inst, cls) in enumerate(parse_kit(kits[kit])):
+        for i, (path, _inst, cls) in enumerate(parse_kit(kits[kit])):
             if (kit, path) in seen:
                 continue
             seen.add((kit, path))
@@ -406,9 +411,10 @@ def prepare_drums(kits: Dict[str, str], dest: str, *, max_seconds: float = 2.0,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _onset_print(path: str, frames: int = 48) -> "torch.Tensor":
+def _onset_print(path: str, frames: int = 48) -> torch.Tensor:
     """The first ``frames`` 10 ms frames of a 64-bin log-mel, centred and unit-norm (a recording's fingerprint)."""
     import torch
+
     from maeast_fairseq.audio import load_audio
     from maeast_fairseq.fbank import FbankConfig, fbank
     need = (frames + 2) * 160 + 400
@@ -419,14 +425,14 @@ def _onset_print(path: str, frames: int = 48) -> "torch.Tensor":
     return (feats / feats.norm().clamp_min(1e-8)).flatten()
 
 
-def onset_prints(paths: Sequence[str]) -> "torch.Tensor":
+def onset_prints(paths: Sequence[str]) -> torch.Tensor:
     """(len(paths), 48 * 64) unit-norm onset fingerprints (see :func:`_onset_print`)."""
     import torch
     return torch.stack([_onset_print(p) for p in paths])
 
 
 def nearest_duplicate(held_out: Sequence[str], pretraining: Sequence[str], threshold: float = 0.99,
-                      held_out_prints: Optional["torch.Tensor"] = None) -> Dict[str, object]:
+                      held_out_prints: Optional[torch.Tensor] = None) -> Dict[str, object]:
     """The highest cosine similarity between any held-out clip's onset fingerprint and any pretraining piece's
     (``max_similarity``; ``min_similarity``: the clip whose nearest piece is farthest; ``clips_at_threshold``: how
     many clips have a piece at ``threshold`` or above, i.e. look like a copy).

@@ -27,7 +27,7 @@ def loss_curves(runs: Dict[str, Dict], path: str, titles: Dict[str, str]) -> str
         if curve:
             u = [r["num_updates"] for r in curve]
             ax.plot(u, [r["loss"] for r in curve], label="loss", color="C0")
-            for key, c in (("nce", "C1"), ("recon", "C2"), ("frame_loss", "C1"), ("utterance_loss", "C2")):
+            for key, c in (("nce", "C1"), ("mse", "C2"), ("frame_loss", "C1"), ("utterance_loss", "C2")):
                 if key in curve[0]:
                     ax.plot(u, [r.get(key, np.nan) for r in curve], label=key, color=c, alpha=0.7, lw=1)
             valid = [r for r in run.get("valid") or [] if "loss" in r]
@@ -83,16 +83,13 @@ def reconstruction_figure(model, x: torch.Tensor, title: str, seed: int = 0):
     (1, T, F) without padding; models without a reconstruction output (EAT) get the input spectrogram alone."""
     from maeast_fairseq.core.rng import MaskRNG
     plt = _plt()
-    frames = x.shape[1]
-    tok = model.tokenizer
-    n_time = tok.n_time(frames)
     out = {}
     if hasattr(model, "embed"):  # MAE-AST / SSAST (EAT's model has no patch targets to reconstruct)
         torch.manual_seed(seed)
         with torch.no_grad():
             out = model(x, None, MaskRNG.from_generator(torch.Generator().manual_seed(seed), 1, x.device))
             _, patches, _ = model.embed(x, None)
-    if "recon" not in out:  # EAT: no reconstruction, the input alone
+    if not out:  # EAT: no patch reconstruction (its ``pred`` are teacher features), the input alone
         fig, ax = plt.subplots(figsize=(7, 2.6))
         ax.imshow(x[0].T.float().cpu().numpy(), origin="lower", aspect="auto", interpolation="nearest", cmap="magma")
         ax.set_title(f"{title}: input (normalised log-mel)", fontsize=9)
@@ -100,9 +97,11 @@ def reconstruction_figure(model, x: torch.Tensor, title: str, seed: int = 0):
         ax.set_ylabel("mel bin")
         fig.tight_layout()
         return fig
+    tok = model.tokenizer
+    n_time = tok.n_time(x.shape[1])
     mask = out["mask"][0]                               # (N,) True = masked
     recon = patches[0].clone()
-    recon[mask] = out["recon"][0][: int(mask.sum())].to(recon.dtype)
+    recon[mask] = out["pred"][0][: int(mask.sum())].to(recon.dtype)
     orig_img = tok.unpatchify(patches, n_time)[0]       # (T, F): the targets (model-normalised input)
     rec_img = tok.unpatchify(recon[None], n_time)[0]
     mask_img = tok.unpatchify(mask[None, :, None].float().expand(-1, -1, patches.shape[-1]), n_time)[0]
@@ -198,11 +197,22 @@ def confusion_figure(confusion, classes: List[str], path: str, title: str = "") 
     """A confusion matrix (rows: true class, columns: predicted) as a PNG: cells coloured by the row-normalised
     fraction (recall along the diagonal), annotated with the clip counts when there are at most 30 classes."""
     plt = _plt()
-    conf = np.asarray(confusion, dtype=np.float64)
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
     n = len(classes)
     size = min(4 + 0.35 * n, 16)
     fig, ax = plt.subplots(figsize=(size + 1, size))
+    draw_confusion(fig, ax, confusion, classes, title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_confusion(fig, ax, confusion, classes: List[str], title: str = "") -> None:
+    """:func:`confusion_figure`'s panel on a given matplotlib axis (for figures with other panels beside it)."""
+    conf = np.asarray(confusion, dtype=np.float64)
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    n = len(classes)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
     ax.set_yticks(range(n), classes, fontsize=7)
@@ -216,8 +226,3 @@ def confusion_figure(confusion, classes: List[str], path: str, title: str = "") 
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -62,7 +62,7 @@ class Upstream:
         self.device = torch.device("cpu")
         self.extraction = ""  # how the time sequence is obtained (reported)
 
-    def to(self, device) -> "Upstream":
+    def to(self, device) -> Upstream:
         self.device = torch.device(device)
         return self
 
@@ -222,11 +222,12 @@ class ExtractOptions:
 
 
 def extract_pooled(upstream: Upstream, paths: Sequence[str], lengths: Optional[Sequence[int]] = None,
-                   opts: ExtractOptions = ExtractOptions(), progress: Optional[Progress] = None) -> Dict:
+                   opts: Optional[ExtractOptions] = None, progress: Optional[Progress] = None) -> Dict:
     """Mean over the valid frames of every layer for each clip: ``{"means": (N, L+1, D), "frames": (N,)}``.
 
     Clips are processed longest first in batches (less padding); audio is read with ``load_audio`` (mono,
     resampled to 16 kHz)."""
+    opts = opts if opts is not None else ExtractOptions()
     n = len(paths)
     order = sorted(range(n), key=lambda i: -(lengths[i] if lengths is not None else 0))
     sums = counts = None

@@ -249,7 +249,7 @@ class _HeadStack:
     betas (0.9, 0.999), eps 1e-8) and gradient-norm clipping (``clip_grad_norm_``'s rule) are applied per run. A run's
     trajectory depends only on its own lr and seed, never on which other runs share the stack."""
 
-    def __init__(self, models: List["PooledClassifier"], lrs: Sequence[float], generators: List[torch.Generator]):
+    def __init__(self, models: List[PooledClassifier], lrs: Sequence[float], generators: List[torch.Generator]):
         self.models, self.generators = models, generators
         self.protocol = "superb" if isinstance(models[0].head, SuperbHead) else "hear-mlp"
         self.layer = models[0].layer

@@ -22,8 +22,6 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional
 
-import torch
-
 from . import eat, mae_ast, ssast
 from .common import Converted, OfficialFormatError, as_checkpoint
 from .reader import describe, read_raw

@@ -100,7 +100,7 @@ def _show(items: List[str], n: int = 6) -> str:
     return ", ".join(items[:n]) + (f", ... ({len(items)} in all)" if len(items) > n else "")
 
 
-def as_checkpoint(conv: "Converted") -> Dict[str, Any]:
+def as_checkpoint(conv: Converted) -> Dict[str, Any]:
     """A converted model in the layout of our own fairseq checkpoints (what :func:`torch.save` writes for
     ``maeast-convert``; loadable by ``load_pretrained``, ``model.model_path=`` and, for pretraining models,
     ``checkpoint.restore_file=`` with ``checkpoint.reset_optimizer=true``)."""

@@ -398,7 +398,7 @@ def read_labels(path: str, num_classes: int) -> List[str]:
             try:
                 index = int(row["index"]) if "index" in fields else line_no - 2
             except (TypeError, ValueError):
-                raise ValueError(f"{path}:{line_no}: column 'index' is {row.get('index')!r}, not an integer")
+                raise ValueError(f"{path}:{line_no}: column 'index' is {row.get('index')!r}, not an integer") from None
             if index in names:
                 raise ValueError(f"{path}:{line_no}: index {index} appears twice")
             names[index] = (row.get("display_name") or "").strip()

@@ -228,6 +228,7 @@ class ClassificationTask(AudioTask):
 
 
 def _inner_optimizer(optimizer):
+    """The optimizer under fairseq's precision wrappers: the one that holds the param groups."""
     inner = optimizer
     for _ in range(4):  # FP16Optimizer / AMPOptimizer / MemoryEfficientFP16Optimizer wrap the real one
         nxt = getattr(inner, "fp32_optimizer", None) or getattr(inner, "wrapped_optimizer", None)
@@ -288,12 +289,7 @@ def check_optimizer_groups(model, optimizer) -> None:
     ``adam`` makes one group; only ``composite`` with ``dynamic_groups: true`` honours ``optim_overrides``)."""
     wanted = {(round(getattr(p, "optim_overrides", {}).get("optimizer", {}).get("lr_scale", 1.0), 12),
                getattr(p, "param_group", "default")) for p in model.parameters() if p.requires_grad}
-    inner = optimizer
-    for _ in range(4):  # FP16Optimizer / AMPOptimizer / MemoryEfficientFP16Optimizer wrap the real one
-        nxt = getattr(inner, "fp32_optimizer", None) or getattr(inner, "wrapped_optimizer", None)
-        if nxt is None:
-            break
-        inner = nxt
+    inner = _inner_optimizer(optimizer)
     try:
         groups = list(inner.param_groups)
     except (AttributeError, NotImplementedError, ValueError):

@@ -124,6 +124,12 @@ class PretrainingTask(AudioTask):
             log_reconstruction(self.cfg.tensorboard_logdir, core, net["fbank"], net.get("frame_padding"),
                                getattr(self, "_last_update", 0) + 1, seed=int(self.cfg.seed or 0))
 
+    def post_validate(self, model, stats, agg):
+        """After every validation: the plateau test of ``reduce_lr_on_plateau_per_validation`` (SSAST's schedule)."""
+        from ..optim.plateau import step_on_validation
+
+        step_on_validation(stats)
+
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._last_update = update_num
         sample = self.device_features(sample, self._input_dtype(model))
