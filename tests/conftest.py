@@ -111,3 +111,22 @@ def tiny_core(name: str, seed: Optional[int] = 0, **overrides):
     if seed is not None:
         torch.manual_seed(seed)
     return model_cls(cfg)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """8 short labelled clips (16 kHz, 2 kinds), train / valid manifests, plus a folder of 2 of them."""
+    import shutil
+
+    from maeast_fairseq.data.synthetic import make_corpus
+
+    root = tmp_path_factory.mktemp("labelled_clips")
+    make_corpus(str(root / "audio"), 8, seed=0, rates=(16000,), kinds=("tone", "noise"))
+    subprocess.run([sys.executable, "-m", "manifests", str(root / "audio"), "--dest", str(root / "data"), "--ext",
+                    "wav", "--valid-percent", "0.25", "--seed", "1", "--labels-from", "parent"],
+                   check=True, capture_output=True)
+    (root / "two").mkdir()
+    wavs = sorted((root / "audio").rglob("*.wav"))
+    for w in (wavs[0], wavs[-1]):
+        shutil.copy(w, root / "two" / w.name)
+    return root

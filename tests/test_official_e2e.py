@@ -25,27 +25,6 @@ def path_of(name):
     return os.path.join(FIXTURES, name)
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    """8 short labelled clips (16 kHz, 2 kinds), train / valid manifests, plus a folder of 2 of them."""
-    import shutil
-    import subprocess
-    import sys
-
-    from maeast_fairseq.data.synthetic import make_corpus
-
-    root = tmp_path_factory.mktemp("official_clips")
-    make_corpus(str(root / "audio"), 8, seed=0, rates=(16000,), kinds=("tone", "noise"))
-    subprocess.run([sys.executable, "-m", "manifests", str(root / "audio"), "--dest", str(root / "data"), "--ext",
-                    "wav", "--valid-percent", "0.25", "--seed", "1", "--labels-from", "parent"],
-                   check=True, capture_output=True)
-    (root / "two").mkdir()
-    wavs = sorted((root / "audio").rglob("*.wav"))
-    for w in (wavs[0], wavs[-1]):
-        shutil.copy(w, root / "two" / w.name)
-    return root
-
-
 def test_load_pretrained_reads_official_files_with_their_front_end():
     from maeast_fairseq.checkpoint import load_pretrained
 

@@ -399,27 +399,6 @@ def test_head_layernorm_eps_is_per_method():
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    """8 short labelled clips (16 kHz, 2 kinds), train / valid manifests, plus a folder of 2 of them."""
-    import shutil
-    import subprocess
-    import sys
-
-    from maeast_fairseq.data.synthetic import make_corpus
-
-    root = tmp_path_factory.mktemp("eat_clips")
-    make_corpus(str(root / "audio"), 8, seed=0, rates=(16000,), kinds=("tone", "noise"))
-    subprocess.run([sys.executable, "-m", "manifests", str(root / "audio"), "--dest", str(root / "data"), "--ext",
-                    "wav", "--valid-percent", "0.25", "--seed", "1", "--labels-from", "parent"],
-                   check=True, capture_output=True)
-    (root / "two").mkdir()
-    wavs = sorted((root / "audio").rglob("*.wav"))
-    for w in (wavs[0], wavs[-1]):
-        shutil.copy(w, root / "two" / w.name)
-    return root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [PRETRAIN, FINETUNE])
 def test_embed_cli_hear_and_s3prl_from_official_eat_files(path, clips, tmp_path):

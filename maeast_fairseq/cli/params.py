@@ -13,15 +13,13 @@ or checkpoint); the count is encoder (pretraining modules removed) + the head ``
 Builds the pure-torch core models; fairseq is not imported.
 """
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Dict, Tuple
 
 import torch
 
-from ..checkpoint import CORE_MODELS
-from ..core.config_aliases import upgrade_config
+from ..checkpoint import CheckpointError, build_core
 from ..core.eat import Eat
 from ..core.mae_ast import MaeAst
 from ..core.ssast import Ssast
@@ -57,13 +55,12 @@ def read_model_cfg(path: str) -> dict:
 
 
 def build(model_cfg: dict):
-    name = model_cfg.get("_name")
-    if name not in CORE_MODELS:
-        raise SystemExit(f"model {name!r} is not one of {sorted(CORE_MODELS)}")
-    core_cls, cfg_cls = CORE_MODELS[name]
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    model_cfg = upgrade_config(cfg_cls, model_cfg, f"model config ({name})")
-    return core_cls(cfg_cls(**{k: v for k, v in model_cfg.items() if k in names}))
+    """The core model of a config's model section (the checkpoint loader's builder: old field names renamed,
+    unknown ones warned about)."""
+    try:
+        return build_core(model_cfg.get("_name"), model_cfg, "model config")
+    except CheckpointError as err:
+        raise SystemExit(str(err)) from None
 
 
 def count(module: torch.nn.Module) -> Tuple[int, int, int]:
