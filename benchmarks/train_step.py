@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "examples", "pretrain")
@@ -164,47 +164,70 @@ def _loss(core: str, out: dict, crit: dict):
     return nce_mse_loss(out, 1.0, 10.0, crit.get("nce_orientation", "targets"))[0]
 
 
-def interleaved(names: List[str], batch: int, repeats: int, warmup: int, device: str, tiny: bool) -> dict:
-    """All models in one process, one step of each in turn (round robin): other load on a shared machine then
-    slows every model alike, so the time *ratios* stay fair. No memory figures (use the subprocess mode)."""
-    steppers = {n: measure(n, batch, 0, warmup, device, tiny, return_stepper=True) for n in names}
-    times = {n: [] for n in names}
+def row_key(name: str, precision: str) -> str:
+    """Result key of a (model, precision) pair: the model name for float32, ``name@bf16`` otherwise."""
+    return name if precision == "fp32" else f"{name}@{precision}"
+
+
+def split_key(key: str):
+    name, _, prec = key.partition("@")
+    return name, prec or "fp32"
+
+
+def interleaved(names: List[str], batch: int, repeats: int, warmup: int, device: str, tiny: bool,
+                precisions: Sequence[str] = ("fp32",)) -> dict:
+    """All (model, precision) pairs in one process, one step of each in turn (round robin): other load on a shared
+    machine then slows every pair alike, so the time *ratios* stay fair. No memory figures (use the subprocess
+    mode)."""
+    keys = [row_key(n, p) for n in names for p in precisions]
+    steppers = {k: measure(split_key(k)[0], batch, 0, warmup, device, tiny, return_stepper=True,
+                           precision=split_key(k)[1]) for k in keys}
+    times = {k: [] for k in keys}
     for i in range(repeats):
-        for n in names:
-            times[n].append(steppers[n](warmup + i)[0])
+        for k in keys:
+            times[k].append(steppers[k](warmup + i)[0])
     out = {}
-    for n in names:
+    for k in keys:
+        n = split_key(k)[0]
         core, model_cfg, task_cfg, _, _ = load_config(n, tiny)
         fl = flops_per_clip(core, model_cfg, input_frames(core, model_cfg, task_cfg, tiny))["training"]
-        med = statistics.median(times[n])
-        out[n] = {"step_s_median": med, "step_s_min": min(times[n]), "step_s_max": max(times[n]),
-                  "step_times_s": times[n], "clips_per_s": batch / med, "flops_per_clip": fl}
+        med = statistics.median(times[k])
+        out[k] = {"model": n, "precision": split_key(k)[1], "step_s_median": med, "step_s_min": min(times[k]),
+                  "step_s_max": max(times[k]), "step_times_s": times[k], "clips_per_s": batch / med,
+                  "flops_per_clip": fl}
     return out
 
 
 def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny: bool, seed: int = 1,
-            return_stepper: bool = False) -> dict:
+            return_stepper: bool = False, precision: str = "auto", frames: Optional[int] = None,
+            model_overrides: Optional[dict] = None) -> dict:
+    """One model's training step: ``precision`` auto | fp32 | bf16 (see :mod:`maeast_fairseq.precision`),
+    ``frames`` per clip (default: the recipe's), ``model_overrides`` on top of the benchmark's model config."""
     import torch
 
     from maeast_fairseq.checkpoint import build_core
     from maeast_fairseq.core.rng import MaskRNG
+    from maeast_fairseq.precision import resolve_precision
 
     base_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     torch.manual_seed(seed)
     core, model_cfg, task_cfg, crit, path = load_config(name, tiny)
-    frames = input_frames(core, model_cfg, task_cfg, tiny)
+    model_cfg.update(model_overrides or {})
+    frames = int(frames or input_frames(core, model_cfg, task_cfg, tiny))
     dev = torch.device(device)
+    prec = resolve_precision(precision, dev, width=int(model_cfg["embed_dim"]))
     model = build_core(core, model_cfg).to(dev).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt_kw = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01}
-    if dev.type == "cuda":
+    from maeast_fairseq.optim.kernels import fused_supported
+
+    if fused_supported(params):  # one pass over memory (CPU since torch 2.4, CUDA)
         opt_kw["fused"] = True
     else:
         opt_kw["foreach"] = True
     opt = torch.optim.AdamW(params, **opt_kw)
     x = torch.randn(batch, frames, int(model_cfg["num_mel_bins"]), device=dev)
     gen = torch.Generator().manual_seed(seed)
-    use_autocast = dev.type == "cuda"
 
     def sync():
         if dev.type == "cuda":
@@ -215,7 +238,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny:
         sync()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_autocast):
+        with prec.autocast(dev):
             out = model(x, None, rng)
             loss = _loss(core, out, crit)
         loss.backward()
@@ -272,17 +295,52 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny:
         "flops_per_step": fl["training"] * batch,
         "achieved_tflops": fl["training"] * batch / med / 1e12,
         "loss": losses[-1],
-        "autocast": "bf16" if use_autocast else None,
+        "precision": prec.name,
+        "precision_reason": prec.describe(),
         "loadavg_after": load,
     }
 
 
 # -- driver -----------------------------------------------------------------------------------------------------------
+#: the CPU flags that decide matmul speed, named in every result
+CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def matmul_peak(device: str, n: int = 2048, seconds: float = 1.0) -> Dict[str, float]:
+    """Measured GFLOP/s of one n x n matmul in float32 and bfloat16 with the current threads: the machine's
+    practical peak, against which a step's ``achieved_tflops`` is read."""
+    import torch
+
+    dev = torch.device(device)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=dev).to(dtype)
+        b = torch.randn(n, n, device=dev).to(dtype)
+        for _ in range(2):
+            a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        k, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or k < 3:
+            a @ b
+            k += 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        out[name] = 2.0 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
+    return out
+
+
 def environment(device: str) -> dict:
     import torch
 
+    from maeast_fairseq.precision import bf16_support, cpu_flags, cpu_model_name
+
+    flags = cpu_flags()
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-           "processor": platform.processor(), "cpu_count": os.cpu_count(),
+           "processor": platform.processor(), "cpu_model": cpu_model_name(), "cpu_count": os.cpu_count(),
+           "cpu_flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags],
+           "bf16_support": bf16_support(device).detail, "bf16_native": bf16_support(device).native,
+           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     try:
         import fairseq
@@ -299,29 +357,33 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_one_subprocess(name: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", name, "--batch", str(args.batch),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device]
+def run_one_subprocess(key: str, args) -> dict:
+    name, prec = split_key(key)
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", name, "--precision", prec, "--batch",
+           str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device]
     if args.tiny:
         cmd.append("--tiny")
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        return {"model": name, "error": (proc.stderr or proc.stdout)[-2000:]}
+        return {"model": name, "precision": prec, "error": (proc.stderr or proc.stdout)[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def ratios(rows: Dict[str, dict]) -> Dict[str, dict]:
-    """time / memory / FLOPs of every model divided by each SSAST variant present (MAE-AST/SSAST, EAT/SSAST)."""
+    """time / memory / FLOPs of every model divided by each SSAST variant present (MAE-AST/SSAST, EAT/SSAST), within
+    each precision."""
     out = {}
-    refs = [r for r in ("ssast_patch_two_pass", "ssast_patch", "ssast_frame_two_pass", "ssast_frame") if r in rows]
-    for ref in refs:
-        a = rows[ref]
-        for name, r in rows.items():
-            if name.startswith("ssast") or "error" in r or "error" in a:
+    for key_a, a in rows.items():
+        ref, prec = split_key(key_a)
+        if ref not in ("ssast_patch_two_pass", "ssast_patch", "ssast_frame_two_pass", "ssast_frame"):
+            continue
+        for key, r in rows.items():
+            name, p = split_key(key)
+            if p != prec or name.startswith("ssast") or "error" in r or "error" in a:
                 continue
-            out[f"{name}/{ref}"] = {
+            out[f"{key}/{key_a}"] = {
                 "step_time": r["step_s_median"] / a["step_s_median"],
                 "speedup": a["step_s_median"] / r["step_s_median"],
                 "speedup_best": a["step_s_min"] / r["step_s_min"],  # best-of-N: least disturbed by other load
@@ -333,34 +395,69 @@ def ratios(rows: Dict[str, dict]) -> Dict[str, dict]:
     return out
 
 
+def precision_ratios(rows: Dict[str, dict]) -> Dict[str, dict]:
+    """Per model: the bf16 step against the float32 step of the same model (speed-up, peak-memory ratio)."""
+    out = {}
+    for key, r in rows.items():
+        name, prec = split_key(key)
+        base = rows.get(name)
+        if prec == "fp32" or base is None or "error" in r or "error" in base:
+            continue
+        out[f"{name}: {prec}/fp32"] = {
+            "speedup": base["step_s_median"] / r["step_s_median"],
+            "speedup_best": base["step_s_min"] / r["step_s_min"],
+            "peak_mem": (r["peak_mem_mb"] / base["peak_mem_mb"]) if "peak_mem_mb" in r else None,
+        }
+    return out
+
+
 def format_table(result: dict) -> str:
     rows = result["models"]
+    env = result["environment"]
     lines = [f"device {result['device']}, batch {result['batch']}, {result['warmup']} warm-up + "
-             f"{result['repeats']} timed steps; torch {result['environment']['torch']}, "
-             f"{result['environment']['torch_threads']} threads",
-             f"{'model':<22}{'step s (med)':>13}{'min-max':>16}{'clips/s':>9}{'views/s':>9}{'peak MB':>10}"
-             f"{'GFLOP/clip':>12}{'TFLOP/s':>9}"]
+             f"{result['repeats']} timed steps; torch {env['torch']}, {env['torch_threads']} threads",
+             f"CPU: {env.get('bf16_support', env.get('processor'))}; flags: {' '.join(env.get('cpu_flags', []))}"]
+    peak = result.get("matmul_peak_gflops")
+    if peak:
+        lines.append(f"matmul peak (2048^2, these threads): fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} "
+                     f"GFLOP/s ({peak['bf16'] / peak['fp32']:.1f}x)")
+    lines.append(f"{'model':<27}{'step s (med)':>13}{'min-max':>16}{'clips/s':>9}{'views/s':>9}{'peak MB':>10}"
+                 f"{'GFLOP/clip':>12}{'TFLOP/s':>9}{'of peak':>9}")
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"{name:<22} ERROR: {r['error'].strip().splitlines()[-1] if r['error'].strip() else '?'}")
+            lines.append(f"{name:<27} ERROR: {r['error'].strip().splitlines()[-1] if r['error'].strip() else '?'}")
             continue
-        views = f"{r['student_views_per_s']:.2f}" if r["student_views_per_s"] else "-"
-        lines.append(f"{name:<22}{r['step_s_median']:>13.3f}{r['step_s_min']:>8.3f}-{r['step_s_max']:<7.3f}"
+        views = f"{r['student_views_per_s']:.2f}" if r.get("student_views_per_s") else "-"
+        frac = "-"
+        if peak and r.get("precision", "fp32") in peak:
+            frac = f"{100 * r['achieved_tflops'] * 1e3 / peak[r.get('precision', 'fp32')]:.0f} %"
+        lines.append(f"{name:<27}{r['step_s_median']:>13.3f}{r['step_s_min']:>8.3f}-{r['step_s_max']:<7.3f}"
                      f"{r['clips_per_s']:>9.3f}{views:>9}{r['peak_mem_mb']:>10.0f}"
-                     f"{r['flops_per_clip']['training'] / 1e9:>12.1f}{r['achieved_tflops']:>9.3f}")
+                     f"{r['flops_per_clip']['training'] / 1e9:>12.1f}{r['achieved_tflops']:>9.3f}{frac:>9}")
     if result["ratios"]:
         lines.append("")
-        lines.append(f"{'ratio':<40}{'speed-up':>10}{'(best)':>8}{'mem. red.':>11}{'FLOPs ratio':>13}"
+        lines.append(f"{'ratio':<50}{'speed-up':>10}{'(best)':>8}{'mem. red.':>11}{'FLOPs ratio':>13}"
                      f"{'clips/s ratio':>15}")
         for k, v in result["ratios"].items():
-            lines.append(f"{k:<40}{v['speedup']:>10.2f}{v.get('speedup_best', float('nan')):>8.2f}"
+            lines.append(f"{k:<50}{v['speedup']:>10.2f}{v.get('speedup_best', float('nan')):>8.2f}"
                          f"{v['memory_reduction']:>11.2f}{v['flops_per_clip']:>13.3f}{v['clips_per_s']:>15.3f}")
+    if result.get("precision_ratios"):
+        lines.append("")
+        lines.append(f"{'precision':<50}{'speed-up':>10}{'(best)':>8}{'peak mem':>11}")
+        for k, v in result["precision_ratios"].items():
+            mem = f"{v['peak_mem']:.2f}x" if v.get("peak_mem") else "-"
+            lines.append(f"{k:<50}{v['speedup']:>10.2f}{v['speedup_best']:>8.2f}{mem:>11}")
     return "\n".join(lines)
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    from maeast_fairseq.precision import PRECISIONS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {sorted(SPECS)}")
+    ap.add_argument("--precision", default="fp32,bf16",
+                    help="comma-separated, of fp32, bf16, auto (default fp32,bf16: both, side by side; bf16 = "
+                         "torch.autocast bfloat16 with float32 weights, on CPU as on CUDA)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=None, help="timed steps (default 3 on CPU, 10 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 3 on CUDA)")
@@ -381,49 +478,77 @@ def main(argv: Optional[List[str]] = None) -> dict:
         with open(args.table) as f:
             result = json.load(f)
         result["ratios"] = ratios(result["models"])
+        result["precision_ratios"] = precision_ratios(result["models"])
         print(format_table(result))
         return result
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    for p in precisions:
+        if p not in PRECISIONS:
+            ap.error(f"unknown precision {p!r}; choose from {PRECISIONS}")
     if args._worker:
-        print(json.dumps(measure(args._worker, args.batch, args.repeats, args.warmup, args.device, args.tiny)))
+        print(json.dumps(measure(args._worker, args.batch, args.repeats, args.warmup, args.device, args.tiny,
+                                 precision=precisions[0])))
         return {}
+    from maeast_fairseq.precision import resolve_precision
+
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in names:
         if m not in SPECS:
             ap.error(f"unknown model {m!r}; choose from {sorted(SPECS)}")
+    # "auto" resolves here, per model width, so the row keys say what ran
+    keys = []
+    for n in names:
+        width = int(load_config(n, args.tiny)[1]["embed_dim"])
+        for p in precisions:
+            prec = resolve_precision(p, args.device, width=width)
+            if p == "auto":
+                print(f"[{n}] {prec.describe()}", file=sys.stderr, flush=True)
+            k = row_key(n, prec.name)
+            if k not in keys:
+                keys.append(k)
+    env = environment(args.device)
+    print(f"CPU: {env['bf16_support']}; flags: {' '.join(env['cpu_flags'])}", file=sys.stderr, flush=True)
+    peak = matmul_peak(args.device)
     if args.interleave:
-        rows = interleaved(names, args.batch, args.repeats, args.warmup, args.device, args.tiny)
-        result = dict(_result(args, {}), models=rows, mode="interleaved")
+        rows = interleaved(names, args.batch, args.repeats, args.warmup, args.device, args.tiny,
+                           precisions=sorted({split_key(k)[1] for k in keys}, key=["fp32", "bf16"].index))
+        result = dict(_result(args, {}, env, peak), models=rows, mode="interleaved")
         result["ratios"] = {f"{a}/{b}": {"speedup": rows[b]["step_s_median"] / rows[a]["step_s_median"],
                                          "speedup_best": rows[b]["step_s_min"] / rows[a]["step_s_min"],
                                          "flops_per_clip": rows[a]["flops_per_clip"] / rows[b]["flops_per_clip"]}
-                            for b in names if b.startswith("ssast") for a in names if not a.startswith("ssast")}
+                            for b in rows if b.startswith("ssast") for a in rows
+                            if not a.startswith("ssast") and split_key(a)[1] == split_key(b)[1]}
+        result["precision_ratios"] = precision_ratios(rows)
         for n, r in rows.items():
-            print(f"{n:<22} median {r['step_s_median']:8.2f} s  best {r['step_s_min']:8.2f} s  "
+            print(f"{n:<27} median {r['step_s_median']:8.2f} s  best {r['step_s_min']:8.2f} s  "
                   f"{r['flops_per_clip'] / 1e9:8.1f} GFLOP/clip")
         for k, v in result["ratios"].items():
-            print(f"{k:<40} speed-up {v['speedup']:.2f}x (best {v['speedup_best']:.2f}x), "
+            print(f"{k:<50} speed-up {v['speedup']:.2f}x (best {v['speedup_best']:.2f}x), "
                   f"FLOPs expect {1 / v['flops_per_clip']:.2f}x")
+        for k, v in result["precision_ratios"].items():
+            print(f"{k:<50} speed-up {v['speedup']:.2f}x (best {v['speedup_best']:.2f}x)")
         if args.json:
             _write(args.json, result)
         return result
     rows = {}
-    for m in names:
+    for k in keys:
         t0 = time.time()
-        rows[m] = run_one_subprocess(m, args)
-        print(f"[{m}] done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+        rows[k] = run_one_subprocess(k, args)
+        print(f"[{k}] done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
         if args.json:  # partial results survive an interrupted run
-            _write(args.json, _result(args, rows))
-    result = _result(args, rows)
+            _write(args.json, _result(args, rows, env, peak))
+    result = _result(args, rows, env, peak)
     print(format_table(result))
     if args.json:
         _write(args.json, result)
     return result
 
 
-def _result(args, rows):
+def _result(args, rows, env, peak):
     return {"device": args.device, "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
             "tiny": args.tiny, "command": " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-            "environment": environment(args.device), "models": rows, "ratios": ratios(rows)}
+            "environment": env, "matmul_peak_gflops": peak, "models": rows, "ratios": ratios(rows),
+            "precision_ratios": precision_ratios(rows)}
 
 
 def _write(path, result):

@@ -49,6 +49,7 @@ from torch.nn.utils.rnn import pad_sequence
 from .audio import resample
 from .core.base import POOLINGS
 from .frontend import Frontend, FrontendConfig
+from .precision import model_width, resolve_precision
 
 
 class SampleRateWarning(UserWarning):
@@ -230,8 +231,9 @@ class Pretrained(torch.nn.Module):
 
     def encode(self, waveforms: WaveformsLike, sample_rate: Optional[int] = None, *, layer: Optional[int] = None,
                pooling: Optional[str] = None, hidden_states: bool = True, chunk_frames: Optional[int] = None,
-               chunk_batch_size: int = 8) -> Dict[str, object]:
+               chunk_batch_size: int = 8, precision: str = "fp32") -> Dict[str, object]:
         """:meth:`embed` without ``torch.no_grad`` (for trainable upstreams)."""
+        prec = resolve_precision(precision, self._device(), width=model_width(self.model))
         pooling = pooling or self.default_pooling
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -278,7 +280,10 @@ class Pretrained(torch.nn.Module):
             x = pad_sequence([clips[i][start: start + length] for i, start, length, _ in group], batch_first=True)
             lengths = torch.tensor([length for _, _, length, _ in group], device=device)
             padding = torch.arange(x.shape[1], device=device)[None] >= lengths[:, None]
-            out = self.model.extract_features(x.to(dtype), padding)
+            with prec.autocast(device):
+                out = self.model.extract_features(x.to(dtype), padding)
+            if prec.bf16:  # bfloat16 activations back to float32: the grids, pooling and outputs are float32
+                out = _outputs_to(out, torch.float32)
             nt = tok.n_time(x.shape[1])
             for l in keep:
                 h = out["x"] if l == n_hidden - 1 else out["hidden_states"][l]
@@ -312,6 +317,7 @@ class Pretrained(torch.nn.Module):
             "padding_mask": frame_padding.repeat_interleave(nf, dim=1),
             "layer": sel_index,
             "pooling": pooling,
+            "precision": prec.name,
             "padded_to_one_patch": torch.tensor([m.shape[0] < p for m in mels], device=device),
         }
         mean = (sel * valid[:, :, None, None]).sum((1, 2)) / (step_lengths.to(sel.dtype) * nf)[:, None]
@@ -326,14 +332,21 @@ class Pretrained(torch.nn.Module):
     @torch.no_grad()
     def embed(self, waveforms: WaveformsLike, sample_rate: Optional[int] = None, layer: Optional[int] = None,
               pooling: Optional[str] = None, *, hidden_states: bool = True, chunk_frames: Optional[int] = None,
-              chunk_batch_size: int = 8) -> Dict[str, object]:
+              chunk_batch_size: int = 8, precision: str = "fp32") -> Dict[str, object]:
         """Embeddings of a batch of mono waveforms of any lengths.
 
         ``waveforms``: list of 1-D tensors / arrays (or a 2-D ``(B, N)`` one) at ``sample_rate`` Hz (others than
         the model's are resampled; not given: the model's rate, 16 kHz, with a :class:`SampleRateWarning`: pass it
         for arrays). ``layer``: which hidden state feeds ``clip`` / ``frames`` /
         ``x`` (0 = encoder input ... L = last, negative from the end; default: the last). ``pooling``: ``'mean'``
-        (over valid tokens) or ``'cls'`` (default: the method's, see :attr:`default_pooling`).
+        (over valid tokens) or ``'cls'`` (default: the method's, see :attr:`default_pooling`). ``precision``:
+        ``'fp32'`` (default), ``'bf16'`` (the encoder under ``torch.autocast(bfloat16)``, float32 weights; the
+        outputs are cast back to float32) or ``'auto'`` (bf16 where the device computes it natively and, on a
+        CPU, the model is wide enough to gain; see :mod:`maeast_fairseq.precision`). The Python default is fp32
+        so that a script gives the same numbers on every machine; the command-line tools (``maeast-embed``,
+        ``maeast-evaluate``) default to ``auto`` and print and record their choice. bf16 embeddings differ from
+        fp32 ones by bfloat16 rounding (a relative error of a few 2^-8, growing with depth; clip embeddings:
+        cosine similarity > 0.99).
 
         Returns (tensors on the model's device):
 
@@ -343,16 +356,28 @@ class Pretrained(torch.nn.Module):
         * ``hidden_states``: all L + 1 layers as time sequences (B, T, n_freq * D) (``hidden_states=False`` skips);
         * ``x`` (B, T * n_freq, D): the chosen layer's patch tokens in time-major order (``t * n_freq + f``) and
           ``padding_mask`` (B, T * n_freq);
-        * ``layer`` (int, the index used) and ``pooling`` (str);
+        * ``layer`` (int, the index used), ``pooling`` (str) and ``precision`` (``'fp32'`` or ``'bf16'``: the
+          resolved choice; tensors are float32 either way);
         * ``padded_to_one_patch`` (B,) bool: the clips shorter than one patch, padded to one (see the module doc).
         """
         was_training = self.training
         self.eval()
         try:
             return self.encode(waveforms, sample_rate, layer=layer, pooling=pooling, hidden_states=hidden_states,
-                               chunk_frames=chunk_frames, chunk_batch_size=chunk_batch_size)
+                               chunk_frames=chunk_frames, chunk_batch_size=chunk_batch_size, precision=precision)
         finally:
             self.train(was_training)
+
+
+def _outputs_to(out: Dict, dtype: torch.dtype) -> Dict:
+    """``extract_features`` output with its float tensors (``x``, ``cls``, every hidden state) cast to ``dtype``."""
+    def cast(v):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v.to(dtype)
+        if isinstance(v, (list, tuple)):
+            return [cast(t) for t in v]
+        return v
+    return {k: cast(v) for k, v in out.items()}
 
 
 def _to_grid(h: torch.Tensor, tok, n_time: int) -> torch.Tensor:

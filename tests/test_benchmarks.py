@@ -73,10 +73,17 @@ def test_train_step_tiny_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "benchmarks", "train_step.py"), "--tiny", "--batch", "2",
          "--repeats", "2", "--warmup", "1", "--models", "ssast_patch_two_pass,mae_ast_frame,eat_base",
-         "--json", str(out)], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+         "--precision", "fp32,bf16", "--json", str(out)], capture_output=True, text=True, env=env, cwd=REPO,
+        timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["models"]) == {"ssast_patch_two_pass", "mae_ast_frame", "eat_base"}
+    names = ("ssast_patch_two_pass", "mae_ast_frame", "eat_base")
+    assert set(res["models"]) == set(names) | {f"{n}@bf16" for n in names}
+    for n in names:  # float32 and bf16 autocast side by side, what ran is recorded
+        assert res["models"][n]["precision"] == "fp32" and res["models"][f"{n}@bf16"]["precision"] == "bf16"
+        assert res["precision_ratios"][f"{n}: bf16/fp32"]["speedup"] > 0
+    assert res["matmul_peak_gflops"]["fp32"] > 0 and res["matmul_peak_gflops"]["bf16"] > 0
+    assert "bf16_native" in res["environment"] and "cpu_flags" in res["environment"]
     for name, row in res["models"].items():
         assert "error" not in row, row
         for key in train_step.ROW_KEYS:
@@ -84,13 +91,15 @@ def test_train_step_tiny_end_to_end(tmp_path):
         assert row["step_s_median"] > 0 and row["peak_mem_mb"] > 0 and np.isfinite(row["loss"])
     assert res["models"]["eat_base"]["student_views_per_s"] > 0
     assert "mae_ast_frame/ssast_patch_two_pass" in res["ratios"]
-    assert "ratio" in proc.stdout and "speed-up" in proc.stdout
+    assert "mae_ast_frame@bf16/ssast_patch_two_pass@bf16" in res["ratios"]
+    assert "ratio" in proc.stdout and "speed-up" in proc.stdout and "matmul peak" in proc.stdout
 
 
 def test_train_step_tiny_interleaved(tmp_path):
     out = tmp_path / "il.json"
     res = train_step.main(["--tiny", "--interleave", "--batch", "2", "--repeats", "2", "--warmup", "1",
-                           "--models", "ssast_patch_two_pass,mae_ast_patch", "--json", str(out)])
+                           "--models", "ssast_patch_two_pass,mae_ast_patch", "--precision", "fp32",
+                           "--json", str(out)])
     assert json.loads(out.read_text())["mode"] == "interleaved"
     assert set(res["models"]) == {"ssast_patch_two_pass", "mae_ast_patch"}
     assert len(res["models"]["mae_ast_patch"]["step_times_s"]) == 2
@@ -212,7 +221,7 @@ def test_task_train_step_bf16_autocast_on_cpu(tmp_path):
 
 
 # -- torch_adamw: fairseq's adam update, with torch's multi-tensor kernels ---------------------------------------------
-@pytest.mark.parametrize("impl", ["auto", "for_loop"])
+@pytest.mark.parametrize("impl", ["auto", "foreach", "for_loop"])
 def test_torch_adamw_matches_fairseq_adam(impl):
     from fairseq.optim import build_optimizer
     from omegaconf import OmegaConf
@@ -236,7 +245,10 @@ def test_torch_adamw_matches_fairseq_adam(impl):
         return opt, [p.detach().clone() for p in model.parameters()]
 
     ours, a = run("torch_adamw", implementation=impl)
-    assert ours.implementation == ("foreach" if impl == "auto" else "for_loop")
+    from maeast_fairseq.optim.kernels import fused_supported
+
+    cpu_fused = fused_supported([torch.zeros(1)])
+    assert ours.implementation == (("fused" if cpu_fused else "foreach") if impl == "auto" else impl)
     assert isinstance(ours.optimizer, torch.optim.AdamW)
     _, b = run("adam", fp16_adam_stats=False, use_old_adam=False, tpu=False)
     for x, y in zip(a, b):

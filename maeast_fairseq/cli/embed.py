@@ -3,12 +3,16 @@
 ::
 
     maeast-embed CKPT AUDIO_DIR_OR_MANIFEST --out FILE.npz [--layer N] [--pooling mean|cls] [--frames]
-                 [--batch-size 8] [--ext wav,flac,ogg,mp3] [--device cpu|cuda] [--skip-errors]
+                 [--batch-size 8] [--ext wav,flac,ogg,mp3] [--device cpu|cuda] [--precision auto|fp32|bf16]
+                 [--skip-errors]
 
 ``CKPT`` is a fairseq checkpoint (``checkpoint_best.pt``) or an exported folder; fairseq is not needed.
 ``AUDIO_DIR_OR_MANIFEST`` is a folder (searched recursively for ``--ext`` files) or a ``.tsv`` manifest
 (``maeast-manifest``'s format). Every file is read as mono and resampled to the model's rate; the model's own front
 end (window, normalisation statistics) is applied. Long files are encoded in windows of the training length.
+``--precision auto`` (the default) runs the encoder in bfloat16 autocast where the device computes bfloat16
+natively (a CUDA card of compute capability >= 8.0; a CPU with AMX-BF16 / AVX512-BF16 for a model at least 384
+wide), else in float32; the choice is printed and stored; the embeddings are float32 either way.
 
 The ``.npz`` holds (no pickled objects, ``np.load(FILE)`` reads it):
 
@@ -17,7 +21,8 @@ The ``.npz`` holds (no pickled objects, ``np.load(FILE)`` reads it):
 * with ``--frames``: ``frames`` (sum of T_i, n_freq * D) float32, the time sequences of all files one after the
   other, file ``i`` in rows ``frame_offsets[i]:frame_offsets[i + 1]``; ``frame_offsets`` (N + 1,) int64;
 * ``frame_rate`` (Hz), ``layer`` (the hidden state used: 0 = encoder input ... L = last), ``pooling``,
-  ``sample_rate``, ``model_name``, ``checkpoint``; ``skipped`` (str) lists unreadable files with ``--skip-errors``.
+  ``precision`` (``fp32`` or ``bf16``: what the encoder ran in), ``sample_rate``, ``model_name``, ``checkpoint``;
+  ``skipped`` (str) lists unreadable files with ``--skip-errors``.
 """
 from __future__ import annotations
 
@@ -57,6 +62,8 @@ def list_inputs(src: str, exts: List[str]) -> List[Tuple[str, str]]:
 
 
 def main(argv=None) -> int:
+    from ..precision import PRECISIONS, model_width, resolve_precision
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="fairseq checkpoint (.pt) or exported model folder")
@@ -70,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="files per forward pass (default: 8)")
     p.add_argument("--ext", default=DEFAULT_EXT, help=f"extensions searched in a folder (default: {DEFAULT_EXT})")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="encoder arithmetic: auto (default: bf16 autocast where the device computes bfloat16 "
+                        "natively and, on a CPU, the model is >= 384 wide; else fp32), fp32 or bf16")
     p.add_argument("--skip-errors", action="store_true", help="skip unreadable files (listed) instead of stopping")
     args = p.parse_args(argv)
     if args.batch_size < 1:
@@ -88,6 +98,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"[{PROG}] cannot load {args.checkpoint}: {err}") from None
     log(f"{model.name} model from {args.checkpoint} on {device}: {model.num_hidden_states} hidden states, "
         f"D={model.embed_dim}, {model.frame_rate:g} frames/s, pooling {args.pooling or model.default_pooling}")
+    prec = resolve_precision(args.precision, device, width=model_width(model.model))
+    log(prec.describe())
     if args.pooling == "cls" and not model.has_cls:
         raise SystemExit(f"[{PROG}] --pooling cls: the {model.name} model has no CLS token; use --pooling mean")
     n_hidden = model.num_hidden_states
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
         if not wavs:
             continue
         out = model.embed(wavs, model.sample_rate, layer=args.layer, pooling=args.pooling,
-                          hidden_states=False)
+                          hidden_states=False, precision=prec.name)
         layer_used, pooling_used = out["layer"], out["pooling"]
         clip = out["clip"].float().cpu().numpy()
         fr = out["frames"].float().cpu().numpy() if args.frames else None
@@ -158,6 +170,7 @@ def main(argv=None) -> int:
         "frame_rate": np.float64(model.frame_rate),
         "layer": np.int64(layer_used if layer_used is not None else model.num_hidden_states - 1),
         "pooling": np.array(pooling_used or args.pooling or model.default_pooling),
+        "precision": np.array(prec.name),
         "sample_rate": np.int64(model.sample_rate),
         "model_name": np.array(model.name),
         "checkpoint": np.array(os.path.abspath(args.checkpoint)),

@@ -8,7 +8,7 @@
                     [--folds K [--fold-file FILE --fold-split all] [--fold-prefix fold]]
                     [--layer K] [--layer-norm] [--balanced] [--multilabel] [--shuffle-labels [--shuffle-seed 0]]
                     [--random-seed 0] [--device cpu|cuda] [--extract-batch-size 16] [--chunk-seconds S]
-                    [--cache-dtype float32|float16] [--threads N]
+                    [--cache-dtype float32|float16] [--threads N] [--precision auto|fp32|bf16]
 
 ``UPSTREAM`` is a checkpoint of ours, ``random:CKPT`` (CKPT's architecture, random init, seeded by
 ``--random-seed``) or ``logmel`` (the normalised log-mel frames). ``DIR`` holds manifests ``{split}.tsv`` with aligned
@@ -37,12 +37,17 @@ either, since selecting on the true dev labels then picks the lucky checkpoint.)
 
 Features are extracted once per (upstream, split) and cached as each clip's mean over its valid frames, per layer:
 exact for both heads because they are linear up to the mean (see :mod:`maeast_fairseq.evaluation.superb`), which is
-why a head trains in seconds. A table is printed and, with ``--json``, written with every number labelled by its
-protocol, upstream, data, split sizes, seeds and metric, with per-class scores (multi-class: recall, precision, F1
-and the confusion matrix summed over the seeds and folds; multi-label: AP) and a PNG (``--png``, default next to
-``--json``: the weighted sum's per-layer weights and the confusion matrix). Single-label data gives accuracy;
-multi-label (a ``.lbl`` line with several labels, or ``--multilabel``) gives mAP. These are frozen-protocol numbers on your data: never put
-them beside the papers' fine-tuned numbers as equals.
+why a head trains in seconds. ``--precision`` (default ``auto``: bfloat16 autocast where the device computes it
+natively and, on a CPU, the model is at least 384 wide; else float32) is the arithmetic of the upstream's encoder
+during extraction only (the heads train in float32; ``logmel`` is float32 whatever is asked); the choice is printed,
+recorded in the JSON and part of the cache key (bf16 features never answer an fp32 request).
+
+A table is printed and, with ``--json``, written with every number labelled by its protocol, upstream, data, split
+sizes, seeds and metric, with per-class scores (multi-class: recall, precision, F1 and the confusion matrix summed
+over the seeds and folds; multi-label: AP) and a PNG (``--png``, default next to ``--json``: the weighted sum's
+per-layer weights and the confusion matrix). Single-label data gives accuracy; multi-label (a ``.lbl`` line with
+several labels, or ``--multilabel``) gives mAP. These are frozen-protocol numbers on your data: never put them beside
+the papers' fine-tuned numbers as equals.
 """
 from __future__ import annotations
 
@@ -77,6 +82,7 @@ from maeast_fairseq.evaluation.superb import (
     protocol_label,
     run_protocol,
 )
+from maeast_fairseq.precision import PRECISIONS
 
 NOT_COMPARABLE = ("frozen-upstream numbers on the data named here; not comparable to the papers' fine-tuned "
                   "results (AS-20K, ESC-50, SPC, ...) nor to the SUPERB leaderboard unless the data is the same")
@@ -127,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extract-batch-size", type=int, default=16, help="clips per upstream forward (default: 16)")
     p.add_argument("--chunk-seconds", type=float, default=0.0,
                    help="checkpoints: encode clips in windows of this length (default: the training length)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the upstream encoder while extracting features: auto (default: bf16 "
+                        "autocast where the device computes bfloat16 natively and, on a CPU, the model is >= 384 "
+                        "wide; else fp32), fp32 or bf16; part of the cache key. Heads always train in float32")
     p.add_argument("--cache", default=None, help=f"feature cache folder (default: {default_cache_dir()})")
     p.add_argument("--no-cache", action="store_true", help="extract without reading or writing a cache")
     p.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32")
@@ -388,10 +398,11 @@ def _main(args) -> int:
     log(f"upstream {args.upstream} on {device}")
     try:
         upstream = load_upstream(args.upstream, random_seed=args.random_seed, device=str(device),
-                                 chunk_seconds=args.chunk_seconds)
+                                 chunk_seconds=args.chunk_seconds, precision=args.precision)
     except (OSError, ValueError) as err:  # missing file, not a checkpoint, a checkpoint of another model
         print(f"maeast-evaluate: cannot load the upstream {args.upstream}: {err}", file=sys.stderr)
         return 2
+    log(f"  {upstream.precision.describe()}")
     cache = FeatureCache(None if args.no_cache else (args.cache or default_cache_dir()))
     opts = ExtractOptions(batch_size=args.extract_batch_size, layer_norm=args.layer_norm, dtype=args.cache_dtype)
     feats, cache_info = [], {}
@@ -428,7 +439,8 @@ def _main(args) -> int:
                      "shuffled_labels": args.shuffle_labels and
                      "train and dev labels relabelled independently of the true class (stratified); test kept"},
         "features": {"cache": cache_info, "pooled": "per-layer mean over valid frames (exact for the head)",
-                     "chunk_seconds": args.chunk_seconds, "dtype": args.cache_dtype},
+                     "chunk_seconds": args.chunk_seconds, "dtype": args.cache_dtype,
+                     "precision": upstream.precision.name, "precision_requested": args.precision},
         "note": NOT_COMPARABLE,
     }
 
@@ -523,6 +535,7 @@ def print_report(out: Dict, args) -> None:
     print(f"upstream : {up['label']}")
     print(f"           {up['layers']} layer(s) x {up['dim']} dims, {up['frame_rate_hz']:g} frames/s; "
           f"{up['extraction']}")
+    print(f"           {up['precision_reason']}")
     kind = "multi-label" if out["multilabel"] else "multi-class"
     print(f"data     : {out['data']}  ({out['num_classes']} classes, {kind})")
     if "folds" in out:

@@ -28,9 +28,9 @@ an EMA with a decay of 0.9998-0.99999 moves the weights by less than half precis
 :meth:`Eat.ema_step` performs one EMA update; the caller (the fairseq model's ``set_num_updates``) decides when.
 
 Numerics: under autocast (fairseq ``--amp``, or ``torch.autocast`` on CPU/GPU with bfloat16 or float16) the student
-and decoder run in the low precision while the teacher runs with autocast disabled on its float32 weights and the
-float32 input (with a half-precision model, ``--fp16``, its matmuls run in half precision on GPU, see
-:meth:`Eat.forward_teacher`); the targets, their statistics and the UFO terms are always computed in float32
+and decoder run in the low precision, and so do the teacher's matrix products on its float32 weights and the float32
+input (``teacher_autocast``, default; false runs the teacher with autocast disabled, entirely in float32; with a
+half-precision model, ``--fp16``, its matmuls run in half precision on GPU, see :meth:`Eat.forward_teacher`); the targets, their statistics and the UFO terms are always computed in float32
 (:mod:`~maeast_fairseq.core.losses`).
 ``target_var`` is watched by the criterion ``eat_ufo`` (its ``TargetCollapseMonitor``): a teacher whose targets
 collapse to near-zero variance is logged (rate-limited) and counted (``target_collapsed`` in the train log).
@@ -40,6 +40,7 @@ visible, ignored by attention (student and teacher), left out of the targets' st
 target mean, and zeroed in the decoder (so the convolutions see zeros, as at the grid's edge).
 """
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
@@ -110,6 +111,13 @@ class EatConfig:
     ema_end_decay: float = field(default=0.99999, metadata={"help": "teacher EMA decay after the anneal"})
     ema_anneal_end_step: int = field(
         default=100000, metadata={"help": "updates over which the decay rises linearly to ema_end_decay"}
+    )
+    teacher_autocast: bool = field(
+        default=True,
+        metadata={"help": "under torch.autocast (task.autocast_bf16), run the teacher's matrix products in the "
+                          "autocast dtype too, on its float32 weights (the targets' normalisation stays float32); "
+                          "false: the teacher runs entirely in float32 under autocast (on a CPU a third of the bf16 "
+                          "step's time)"},
     )
 
 
@@ -362,6 +370,9 @@ class Eat(CoreModel):
         low_precision = fbank.dtype in (torch.float16, torch.bfloat16) and fbank.dtype != t_dtype
         if low_precision and fbank.device.type == "cuda":
             ctx = torch.autocast("cuda", dtype=fbank.dtype)  # float32 weights, half-precision matmuls
+        elif self.cfg.teacher_autocast and torch.is_autocast_enabled(fbank.device.type):
+            ctx = contextlib.nullcontext()  # the caller's autocast: low-precision matmuls on float32 weights
+            fbank = fbank.to(t_dtype)
         else:
             ctx = torch.autocast(fbank.device.type, enabled=False)
             fbank = fbank.to(t_dtype)

@@ -15,9 +15,15 @@ Upstreams (:func:`load_upstream`), all run frozen (``eval()``, ``no_grad``) on 1
 * ``logmel``: the plain log-mel frames (128-bin Kaldi fbank, Hann window, waveform mean removed, AudioSet
   normalisation ``(x - mean) / (2 std)``) as a single "layer" at 100 frames/s: an honest baseline.
 
+Checkpoint upstreams run in the numeric precision ``precision`` asks for (``auto`` | ``fp32`` | ``bf16``, resolved
+for the device and the model's width by :func:`maeast_fairseq.precision.resolve_precision`; ``bf16`` = the encoder
+under bfloat16 autocast, float32 outputs); the log-mel upstream has no encoder and is always float32. The resolved
+precision is part of a checkpoint upstream's cache key, so features extracted in bf16 are never served to an fp32
+request, nor the reverse. The heads always train in float32.
+
 The cache (:class:`FeatureCache`) stores, per split, the mean over each clip's valid frames of every layer: an
 ``(N, L+1, D)`` tensor. This is exact for both heads (see :mod:`maeast_fairseq.evaluation.superb`). The file name is a
-hash of the upstream (checkpoint path, size and mtime; or the log-mel settings; or the random seed), of the
+hash of the upstream (checkpoint path, size and mtime, precision; or the log-mel settings; or the random seed), of the
 manifest (path and contents), of every audio file's size and mtime, and of the extraction options, so a changed
 checkpoint or data set is re-extracted and an unchanged one never is.
 """
@@ -37,6 +43,7 @@ import torch.nn.functional as F
 
 from ..audio import load_audio
 from ..frontend import Frontend, FrontendConfig, padding_from_lengths
+from ..precision import PRECISIONS, Precision, model_width, resolve_precision
 
 #: bump when the extraction changes what a cache file holds
 EXTRACTOR_VERSION = 1
@@ -56,6 +63,8 @@ class Upstream:
 
     kind: str = ""
     sample_rate: int = 16000
+    #: the arithmetic of the extraction (subclasses set their own; reported and, for checkpoints, in the cache key)
+    precision: Precision = Precision("fp32", "fp32", "float32")
 
     def __init__(self, spec: str, label: str, frame_rate: float, cache_key: dict):
         self.spec, self.label, self.frame_rate, self.cache_key = spec, label, frame_rate, cache_key
@@ -71,13 +80,18 @@ class Upstream:
 
     def describe(self) -> dict:
         return {"spec": self.spec, "kind": self.kind, "model": getattr(self, "model_name", None), "label": self.label,
-                "frame_rate_hz": self.frame_rate, "extraction": self.extraction}
+                "frame_rate_hz": self.frame_rate, "extraction": self.extraction, "precision": self.precision.name,
+                "precision_reason": self.precision.describe()}
 
 
 class LogmelUpstream(Upstream):
     kind = "logmel"
 
-    def __init__(self, frontend: Optional[FrontendConfig] = None):
+    def __init__(self, frontend: Optional[FrontendConfig] = None, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        # no encoder: the fbank is float32 whatever is asked (and the cache key does not depend on it)
+        self.precision = Precision("fp32", precision, "the log-mel upstream has no encoder: always float32")
         self.frontend = frontend or FrontendConfig()
         self.frontend_module = Frontend(self.frontend)
         fb = self.frontend_module.fbank.cfg
@@ -114,8 +128,13 @@ class CheckpointUpstream(Upstream):
 
     kind = "checkpoint"
 
-    def __init__(self, path: str, random_init_seed: Optional[int] = None, chunk_seconds: float = 0.0):
+    def __init__(self, path: str, random_init_seed: Optional[int] = None, chunk_seconds: float = 0.0,
+                 precision: str = "fp32"):
         from ..checkpoint import load_pretrained  # the embedding API of the project
+
+        if precision not in PRECISIONS:  # before loading anything
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.requested_precision = precision
 
         self.pretrained = load_pretrained(path).eval()
         name = self.pretrained.name
@@ -136,15 +155,24 @@ class CheckpointUpstream(Upstream):
         self.model_name = name
         self.extraction = (f"Pretrained.embed hidden states as time sequences (F_p * D per step), windows of "
                            f"{self.chunk_frames or pre.chunk_frames} frames")
+        self._resolve_precision()
+
+    def _resolve_precision(self) -> None:
+        """The requested precision resolved for the current device and the model's width; part of the cache key."""
+        self.precision = resolve_precision(self.requested_precision, self.device,
+                                           width=model_width(self.pretrained.model))
+        self.cache_key["precision"] = self.precision.name
 
     def to(self, device):
         super().to(device)
         self.pretrained = self.pretrained.to(self.device).eval()
+        self._resolve_precision()
         return self
 
     @torch.no_grad()
     def hidden_states(self, wavs):
-        out = self.pretrained.embed(list(wavs), self.sample_rate, hidden_states=True, chunk_frames=self.chunk_frames)
+        out = self.pretrained.embed(list(wavs), self.sample_rate, hidden_states=True, chunk_frames=self.chunk_frames,
+                                    precision=self.precision.name)
         return list(out["hidden_states"]), out["frame_padding"]
 
 
@@ -177,19 +205,22 @@ def reinitialise(pretrained, seed: int) -> None:
     model.eval()
 
 
-def load_upstream(spec: str, *, random_seed: int = 0, device: str = "cpu", chunk_seconds: float = 0.0) -> Upstream:
-    """``logmel`` | ``random:PATH`` | ``PATH`` -> an :class:`Upstream` on ``device``."""
+def load_upstream(spec: str, *, random_seed: int = 0, device: str = "cpu", chunk_seconds: float = 0.0,
+                  precision: str = "fp32") -> Upstream:
+    """``logmel`` | ``random:PATH`` | ``PATH`` -> an :class:`Upstream` on ``device``; ``precision`` (``auto`` |
+    ``fp32`` | ``bf16``) of a checkpoint's encoder (resolved for ``device``: ``upstream.precision``)."""
     if spec == "logmel":
-        up: Upstream = LogmelUpstream()
+        up: Upstream = LogmelUpstream(precision=precision)
     elif spec.startswith("random:"):
         path = spec[len("random:"):]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"random:{path}: no such checkpoint (random:CKPT takes the architecture from CKPT)")
-        up = CheckpointUpstream(path, random_init_seed=random_seed, chunk_seconds=chunk_seconds)
+        up = CheckpointUpstream(path, random_init_seed=random_seed, chunk_seconds=chunk_seconds,
+                                precision=precision)
     else:
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"upstream {spec!r}: not 'logmel', 'random:CKPT' or an existing checkpoint file")
-        up = CheckpointUpstream(spec, chunk_seconds=chunk_seconds)
+        up = CheckpointUpstream(spec, chunk_seconds=chunk_seconds, precision=precision)
     return up.to(device)
 
 

@@ -1,4 +1,4 @@
-"""fairseq optimizer ``torch_adamw``: ``torch.optim.AdamW`` with its fused (CUDA) or foreach (multi-tensor) kernels.
+"""fairseq optimizer ``torch_adamw``: ``torch.optim.AdamW`` with its fused (CPU, CUDA) or foreach kernels.
 
 fairseq's own ``adam`` is AdamW too, but without apex it steps every parameter in a Python loop (its ``Adam``
 class; ``FusedAdam`` exists only with apex's CUDA extension, and its ``fp16_adam_stats`` needs that too). PyTorch's
@@ -12,22 +12,25 @@ Works inside the ``composite`` optimizer (``optimizer.groups.X.optimizer._name: 
 """
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, List
 
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
+from .kernels import fused_supported
+
 
 @dataclass
 class TorchAdamWConfig(FairseqDataclass):
-    adam_betas: str = field(default="(0.9, 0.999)", metadata={"help": "betas for the AdamW optimizer"})
+    adam_betas: Any = field(default=(0.9, 0.999), metadata={"help": "betas for the AdamW optimizer: '(b1,b2)' or a list"})
     adam_eps: float = field(default=1e-8, metadata={"help": "epsilon for the AdamW optimizer"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay"})
     implementation: str = field(
         default="auto",
-        metadata={"help": "'auto': fused on CUDA, foreach elsewhere; 'fused', 'foreach' or 'for_loop'"},
+        metadata={"help": "'auto': fused where torch has the kernel (CPU, CUDA), else foreach; 'fused', 'foreach' "
+                          "or 'for_loop'"},
     )
     lr: List[float] = II("optimization.lr")
 
@@ -48,7 +51,7 @@ class TorchAdamW(FairseqOptimizer):
             raise ValueError(f"optimizer.implementation must be auto, fused, foreach or for_loop, got {impl!r}")
         if impl == "auto":
             tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
-            impl = "fused" if tensors and all(p.is_cuda for p in tensors) else "foreach"
+            impl = "fused" if fused_supported(tensors) else "foreach"
         kw = {"fused": impl == "fused", "foreach": impl == "foreach"}
         if impl == "fused":
             kw["foreach"] = None
