@@ -175,13 +175,13 @@ def split_key(key: str):
 
 
 def interleaved(names: List[str], batch: int, repeats: int, warmup: int, device: str, tiny: bool,
-                precisions: Sequence[str] = ("fp32",)) -> dict:
+                precisions: Sequence[str] = ("fp32",), adamw: str = "auto") -> dict:
     """All (model, precision) pairs in one process, one step of each in turn (round robin): other load on a shared
     machine then slows every pair alike, so the time *ratios* stay fair. No memory figures (use the subprocess
     mode)."""
     keys = [row_key(n, p) for n in names for p in precisions]
     steppers = {k: measure(split_key(k)[0], batch, 0, warmup, device, tiny, return_stepper=True,
-                           precision=split_key(k)[1]) for k in keys}
+                           precision=split_key(k)[1], adamw=adamw) for k in keys}
     times = {k: [] for k in keys}
     for i in range(repeats):
         for k in keys:
@@ -200,9 +200,11 @@ def interleaved(names: List[str], batch: int, repeats: int, warmup: int, device:
 
 def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny: bool, seed: int = 1,
             return_stepper: bool = False, precision: str = "auto", frames: Optional[int] = None,
-            model_overrides: Optional[dict] = None) -> dict:
+            model_overrides: Optional[dict] = None, adamw: str = "auto") -> dict:
     """One model's training step: ``precision`` auto | fp32 | bf16 (see :mod:`maeast_fairseq.precision`),
-    ``frames`` per clip (default: the recipe's), ``model_overrides`` on top of the benchmark's model config."""
+    ``frames`` per clip (default: the recipe's), ``model_overrides`` on top of the benchmark's model config,
+    ``adamw`` the optimizer kernel: auto (fused where torch has it) | fused | foreach | for_loop (what the official
+    code's optimizers do on CPU: torch's Adam default there, fairseq's adam without apex)."""
     import torch
 
     from maeast_fairseq.checkpoint import build_core
@@ -221,10 +223,10 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny:
     opt_kw = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01}
     from maeast_fairseq.optim.kernels import fused_supported
 
-    if fused_supported(params):  # one pass over memory (CPU since torch 2.4, CUDA)
-        opt_kw["fused"] = True
-    else:
-        opt_kw["foreach"] = True
+    if adamw == "auto":
+        adamw = "fused" if fused_supported(params) else "foreach"  # fused: one pass over memory (CPU, CUDA)
+    opt_kw["fused"] = True if adamw == "fused" else None
+    opt_kw["foreach"] = adamw == "foreach"
     opt = torch.optim.AdamW(params, **opt_kw)
     x = torch.randn(batch, frames, int(model_cfg["num_mel_bins"]), device=dev)
     gen = torch.Generator().manual_seed(seed)
@@ -297,6 +299,7 @@ def measure(name: str, batch: int, repeats: int, warmup: int, device: str, tiny:
         "loss": losses[-1],
         "precision": prec.name,
         "precision_reason": prec.describe(),
+        "adamw": adamw,
         "loadavg_after": load,
     }
 
@@ -360,7 +363,8 @@ def environment(device: str) -> dict:
 def run_one_subprocess(key: str, args) -> dict:
     name, prec = split_key(key)
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", name, "--precision", prec, "--batch",
-           str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device]
+           str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device,
+           "--adamw", args.adamw]
     if args.tiny:
         cmd.append("--tiny")
     env = dict(os.environ)
@@ -459,6 +463,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
                     help="comma-separated, of fp32, bf16, auto (default fp32,bf16: both, side by side; bf16 = "
                          "torch.autocast bfloat16 with float32 weights, on CPU as on CUDA)")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--adamw", default="auto", choices=["auto", "fused", "foreach", "for_loop"],
+                    help="AdamW kernel (default auto: fused where torch has it; for_loop is what the official code's "
+                         "optimizers run on CPU)")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps (default 3 on CPU, 10 on CUDA)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on CPU, 3 on CUDA)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -487,7 +494,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
             ap.error(f"unknown precision {p!r}; choose from {PRECISIONS}")
     if args._worker:
         print(json.dumps(measure(args._worker, args.batch, args.repeats, args.warmup, args.device, args.tiny,
-                                 precision=precisions[0])))
+                                 precision=precisions[0], adamw=args.adamw)))
         return {}
     from maeast_fairseq.precision import resolve_precision
 
@@ -511,7 +518,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     peak = matmul_peak(args.device)
     if args.interleave:
         rows = interleaved(names, args.batch, args.repeats, args.warmup, args.device, args.tiny,
-                           precisions=sorted({split_key(k)[1] for k in keys}, key=["fp32", "bf16"].index))
+                           precisions=sorted({split_key(k)[1] for k in keys}, key=["fp32", "bf16"].index),
+                           adamw=args.adamw)
         result = dict(_result(args, {}, env, peak), models=rows, mode="interleaved")
         result["ratios"] = {f"{a}/{b}": {"speedup": rows[b]["step_s_median"] / rows[a]["step_s_median"],
                                          "speedup_best": rows[b]["step_s_min"] / rows[a]["step_s_min"],
@@ -546,7 +554,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 def _result(args, rows, env, peak):
     return {"device": args.device, "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
-            "tiny": args.tiny, "command": " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+            "tiny": args.tiny, "adamw": args.adamw, "command": " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
             "environment": env, "matmul_peak_gflops": peak, "models": rows, "ratios": ratios(rows),
             "precision_ratios": precision_ratios(rows)}
 

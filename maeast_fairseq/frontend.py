@@ -67,6 +67,10 @@ class FrontendConfig:
     )
 
 
+#: :meth:`Frontend.log_mel` computes longer waveforms in pieces of this many frames (60 s at a 10 ms shift)
+LOG_MEL_PIECE_FRAMES = 6000
+
+
 def check_frontend(cfg) -> None:
     if cfg.length_policy not in LENGTH_POLICIES:
         raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}, got {cfg.length_policy!r}")
@@ -174,8 +178,20 @@ class Frontend(torch.nn.Module):
         return wav
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """*Un-normalised* log-mel (T, F) of one model-rate 1-D waveform, its mean removed per the config."""
-        return self.fbank(self.remove_mean(wav))[0]
+        """*Un-normalised* log-mel (T, F) of one model-rate 1-D waveform, its mean removed per the config.
+
+        A waveform of more than :data:`LOG_MEL_PIECE_FRAMES` frames is turned into log-mel in pieces of that many
+        frames (each frame depends only on its own samples: the same numbers, and the fbank's working memory --
+        windows, spectra -- stays that of one piece however long the audio; ``snip_edges=False`` reflects the
+        signal at its ends, so it is done in one go)."""
+        wav = self.remove_mean(wav)
+        fb = self.fbank
+        n = int(fb.num_frames(wav.numel()))
+        if n <= LOG_MEL_PIECE_FRAMES or not fb.cfg.snip_edges:
+            return fb(wav)[0]
+        shift, size = fb.cfg.window_shift, fb.cfg.window_size
+        return torch.cat([fb(wav[a * shift: (min(n, a + LOG_MEL_PIECE_FRAMES) - 1) * shift + size])[0]
+                          for a in range(0, n, LOG_MEL_PIECE_FRAMES)])
 
     # -- a batch ----------------------------------------------------------------------------------------------------
     def batch_log_mel(self, wavs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -386,3 +386,21 @@ def test_dither_is_random_but_small():
     a, _ = fbank(x, FbankConfig(dither=1e-4))
     b, _ = fbank(x, FbankConfig())
     assert not torch.equal(a, b) and (a - b).abs().mean() < 5e-3
+
+
+@pytest.mark.parametrize("subtract_mean", [True, False])
+def test_long_waveform_log_mel_in_pieces_equals_one_go(monkeypatch, subtract_mean):
+    """Frontend.log_mel cuts long audio into pieces of frames (bounded fbank memory): every frame comes from the
+    same samples through the same per-frame arithmetic, so the result is the one-go log-mel. Tolerance: the FFT may
+    round differently for a different number of rows (batched kernels); a few float32 ulps of the log-mel's range."""
+    import maeast_fairseq.frontend as fe
+    from maeast_fairseq.frontend import Frontend, FrontendConfig
+
+    front = Frontend(FrontendConfig(subtract_waveform_mean=subtract_mean))
+    wav = torch.randn(160 * 2503 + 240, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.05
+    whole = front.log_mel(wav)
+    monkeypatch.setattr(fe, "LOG_MEL_PIECE_FRAMES", 700)  # 4 pieces, the last one short
+    pieces = front.log_mel(wav)
+    assert pieces.shape == whole.shape == (2503, 128)
+    scale = float(whole.abs().max())
+    torch.testing.assert_close(pieces, whole, rtol=0, atol=8 * torch.finfo(torch.float32).eps * scale)

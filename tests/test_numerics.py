@@ -449,9 +449,7 @@ def test_eat_criterion_does_not_warn_for_a_healthy_teacher(caplog):
 
 def test_cpu_attention_dropout_recomputed_in_backward_gives_the_same_values_and_gradients(monkeypatch):
     """Attention dropout on CPU runs under activation checkpointing (no (B, H, N, N) probabilities kept): the output
-    and gradients equal plain SDPA with the same RNG state, and the dropout is really applied."""
-    import torch.nn.functional as F
-
+    and gradients equal the plain CPU dropout attention with the same RNG state, and the dropout is really applied."""
     from maeast_fairseq.core import blocks
     from maeast_fairseq.core.blocks import SelfAttention
 
@@ -471,7 +469,7 @@ def test_cpu_attention_dropout_recomputed_in_backward_gives_the_same_values_and_
     b, n, d = x2.shape
     torch.manual_seed(5)
     q, k, v = attn.qkv(x2).view(b, n, 3, 4, d // 4).permute(2, 0, 3, 1, 4)
-    ref = attn.proj(F.scaled_dot_product_attention(q, k, v, dropout_p=0.3).transpose(1, 2).reshape(b, n, d))
+    ref = attn.proj(blocks.cpu_dropout_attention(q, k, v, None, 0.3).transpose(1, 2).reshape(b, n, d))
     ref.pow(2).sum().backward()
     assert torch.allclose(y, ref, atol=1e-6)
     for g, r in zip(grads, [x2.grad] + [p.grad for p in attn.parameters()]):

@@ -9,9 +9,11 @@ One block class covers the three encoders; the differences are parameters:
 
 Every block also returns the FFN output before its residual add (``ffn_out``), the per-layer target of EAT/data2vec.
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on
-GPU); a key padding mask (True = padding) is turned into a boolean attention mask. With ``CPU_DROPOUT_RECOMPUTE``,
-attention dropout on CPU is recomputed in backward instead of keeping the attention probabilities (CPU SDPA keeps
-them when dropout is on): less memory, a slower step.
+GPU); a key padding mask (True = padding) is turned into a boolean attention mask. On CPU, training with attention
+dropout (MAE-AST's recipe) takes :func:`cpu_dropout_attention` instead: SDPA would fall back to its unfused math path
+there anyway, whose dropout mask costs more than the attention's matrix products in bfloat16; with
+``CPU_DROPOUT_RECOMPUTE`` that attention is recomputed in backward instead of keeping the probabilities (less memory,
+a slower step). Dropout on CPU draws its mask 16 bits at a time (:class:`Dropout`, :func:`cpu_dropout`).
 """
 from __future__ import annotations
 
@@ -39,6 +41,59 @@ class DropPath(nn.Module):
         return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
 
 
+#: CPU dropout masks are drawn as 16-bit integers: the drop probability is ``round(p * 2^16) / 2^16`` (0.1 -> 0.100006)
+_DROPOUT_LEVELS = 2 ** 16
+
+
+class _CpuDropout(torch.autograd.Function):
+    """Inverted dropout whose mask comes from 64-bit random words cut into four 16-bit draws: one generator call per
+    4 elements instead of one per element (``torch.bernoulli_`` on CPU), the same distribution up to the 2^-16
+    rounding of ``p``. The global CPU generator is used, as ``nn.Dropout`` does (seeded runs stay reproducible)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2 ** 63), None)
+        drop = words.view(torch.int16)[:n].view(x.shape) < (round(p * _DROPOUT_LEVELS) - _DROPOUT_LEVELS // 2)
+        scale = 1.0 / (1.0 - p)
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.mul(scale).masked_fill_(drop, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (drop,) = ctx.saved_tensors
+        return grad.mul(ctx.scale).masked_fill_(drop, 0.0), None
+
+
+def cpu_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout`` with the cheaper mask of :class:`_CpuDropout` on CPU (elsewhere ``F.dropout`` itself)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    return _CpuDropout.apply(x, p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that uses :func:`cpu_dropout` on CPU (same ``p`` attribute, no state)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_dropout(x, self.p, self.training)
+
+
+def cpu_dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                          p: float) -> torch.Tensor:
+    """Attention with dropout on the probabilities, unfused (what CPU SDPA does with dropout, minus its costly mask
+    and its fully-masked-row guard: every row here has a key to attend, a clip has at least one valid token):
+    ``dropout(softmax(q k^T / sqrt(d) + mask)) v``. ``attn_mask``: bool, True = may attend (SDPA convention)."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = cpu_dropout(torch.softmax(scores, dim=-1), p)
+    return torch.matmul(probs.to(v.dtype), v)
+
+
 def attention_mask_from_padding(padding_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """(B, L) bool, True = padding  ->  (B, 1, 1, L) bool, True = may attend (SDPA convention)."""
     if padding_mask is None or not bool(padding_mask.any()):
@@ -60,12 +115,14 @@ class SelfAttention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         p = self.attention_dropout if self.training else 0.0
-        if p > 0.0 and CPU_DROPOUT_RECOMPUTE and x.device.type == "cpu" and torch.is_grad_enabled():
-            # On CPU, SDPA with dropout takes its math path and keeps the (B, H, N, N) probabilities and the dropout
-            # mask for backward (+375 MB per 512-token layer at batch 8); recomputing them in backward keeps
-            # neither (the RNG state is restored for the recomputation: the same mask, the same gradients), and
-            # batch chunks bound the probabilities alive at once to ~CPU_DROPOUT_CHUNK_BYTES.
+        if p > 0.0 and x.device.type == "cpu" and CPU_DROPOUT_RECOMPUTE and torch.is_grad_enabled():
+            # The dropout path keeps the (B, H, N, N) probabilities and the dropout mask for backward (+375 MB per
+            # 512-token layer at batch 8); recomputing them in backward keeps neither (the RNG state is restored for
+            # the recomputation: the same mask, the same gradients), and batch chunks bound the probabilities alive
+            # at once to ~CPU_DROPOUT_CHUNK_BYTES.
             y = checkpoint(_chunked_dropout_attention, q, k, v, attn_mask, p, use_reentrant=False)
+        elif p > 0.0 and x.device.type == "cpu":
+            y = cpu_dropout_attention(q, k, v, attn_mask, p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         return self.proj(y.transpose(1, 2).reshape(b, n, d))
@@ -80,16 +137,16 @@ CPU_DROPOUT_CHUNK_BYTES = 64 * 2 ** 20
 
 
 def _chunked_dropout_attention(q, k, v, attn_mask: Optional[torch.Tensor], p: float) -> torch.Tensor:
-    """SDPA with dropout over batch chunks of at most ``CPU_DROPOUT_CHUNK_BYTES`` of probabilities (one chunk when
-    the batch fits: then exactly one SDPA call)."""
+    """:func:`cpu_dropout_attention` over batch chunks of at most ``CPU_DROPOUT_CHUNK_BYTES`` of probabilities (one
+    chunk when the batch fits)."""
     b, h, n = q.shape[0], q.shape[1], q.shape[2]
     step = max(1, CPU_DROPOUT_CHUNK_BYTES // (h * n * k.shape[2] * 4))
     if step >= b:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        return cpu_dropout_attention(q, k, v, attn_mask, p)
     per_clip = attn_mask is not None and attn_mask.shape[0] == b
-    return torch.cat([F.scaled_dot_product_attention(
-        q[i:i + step], k[i:i + step], v[i:i + step], dropout_p=p,
-        attn_mask=attn_mask[i:i + step] if per_clip else attn_mask) for i in range(0, b, step)])
+    return torch.cat([cpu_dropout_attention(q[i:i + step], k[i:i + step], v[i:i + step],
+                                            attn_mask[i:i + step] if per_clip else attn_mask, p)
+                      for i in range(0, b, step)])
 
 
 class FeedForward(nn.Module):
@@ -97,7 +154,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation_dropout = Dropout(activation_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_dropout(F.gelu(self.fc1(x))))
@@ -118,7 +175,7 @@ class TransformerBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn_dim)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.dropout = nn.Dropout(0.0)
+        self.dropout = Dropout(0.0)
         self.drop_path = DropPath(0.0)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +222,7 @@ class TransformerStack(nn.Module):
         )
         self.input_norm = None if norm_first else nn.LayerNorm(dim, eps=norm_eps)
         self.final_norm = nn.LayerNorm(dim, eps=norm_eps) if norm_first else None
-        self.input_dropout = nn.Dropout(0.0)
+        self.input_dropout = Dropout(0.0)
         self.configure(dropout=dropout, attention_dropout=attention_dropout, activation_dropout=activation_dropout,
                        drop_path=drop_path, layerdrop=layerdrop)
 

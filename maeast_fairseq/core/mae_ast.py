@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .base import CoreModel, masked_patch_output
-from .blocks import TransformerStack, init_bert_params
+from .blocks import Dropout, TransformerStack, init_bert_params
 from .masking import cluster_mask, gather_visible, random_mask, scatter_back
 from .norm import SpectrogramBatchNorm
 from .positions import sinusoid_1d
@@ -119,7 +119,7 @@ class MaeAst(CoreModel):
         self.input_norm = (SpectrogramBatchNorm(sync=cfg.input_norm_sync) if cfg.input_norm == "batchnorm"
                            else None)
         self.patch_embed = PatchEmbed(self.tokenizer, cfg.embed_dim)
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.dropout_input = Dropout(cfg.dropout_input)
         common = dict(norm_first=False, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout,
                       activation_dropout=cfg.activation_dropout)
         self.encoder = TransformerStack(cfg.encoder_layers, cfg.embed_dim, cfg.num_heads, cfg.ffn_dim,
