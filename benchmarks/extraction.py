@@ -32,7 +32,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
@@ -146,17 +145,11 @@ def environment(device: str) -> dict:
 
 
 def run_one_subprocess(method: str, precision: str, path: str, args) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"{method}:{precision}:{path}",
-           "--batch", str(args.batch), "--batches", str(args.batches), "--seconds", str(args.seconds),
-           "--device", args.device]
-    if args.tiny:
-        cmd.append("--tiny")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {"method": method, "precision": precision, "path": path, "error": (proc.stderr or proc.stdout)[-2000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from train_step import run_worker
+
+    argv = ["--_worker", f"{method}:{precision}:{path}", "--batch", str(args.batch), "--batches", str(args.batches),
+            "--seconds", str(args.seconds), "--device", args.device] + (["--tiny"] * args.tiny)
+    return run_worker(__file__, argv, {"method": method, "precision": precision, "path": path})
 
 
 def ratios(rows: List[dict]) -> Dict[str, dict]:

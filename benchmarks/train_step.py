@@ -360,19 +360,22 @@ def environment(device: str) -> dict:
     return env
 
 
-def run_one_subprocess(key: str, args) -> dict:
-    name, prec = split_key(key)
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", name, "--precision", prec, "--batch",
-           str(args.batch), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--device", args.device,
-           "--adamw", args.adamw]
-    if args.tiny:
-        cmd.append("--tiny")
+def run_worker(script: str, argv: List[str], error_row: dict) -> dict:
+    """``python script argv`` in a fresh interpreter (so its peak memory is its own): the JSON row it prints last, or
+    ``error_row`` with the end of its error output."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, os.path.abspath(script)] + argv, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        return {"model": name, "precision": prec, "error": (proc.stderr or proc.stdout)[-2000:]}
+        return dict(error_row, error=(proc.stderr or proc.stdout)[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_one_subprocess(key: str, args) -> dict:
+    name, prec = split_key(key)
+    argv = ["--_worker", name, "--precision", prec, "--batch", str(args.batch), "--repeats", str(args.repeats),
+            "--warmup", str(args.warmup), "--device", args.device, "--adamw", args.adamw] + (["--tiny"] * args.tiny)
+    return run_worker(__file__, argv, {"model": name, "precision": prec})
 
 
 def ratios(rows: Dict[str, dict]) -> Dict[str, dict]:

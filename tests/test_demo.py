@@ -53,10 +53,63 @@ def test_demo_end_to_end_offline(tmp_path, monkeypatch):
     assert res["pretraining"]["mae_ast"]["seconds"] > 0
     md = (out / "results.md").read_text()
     assert "not comparable" in md and "| MAE-AST (patch) | pretrained |" in md
-    for png in ("loss_curves", "mae_ast_reconstruction", "ssast_reconstruction", "eat_mask_and_targets"):
+    for png in ("loss_curves", "accuracy_vs_updates", "mae_ast_reconstruction", "ssast_reconstruction",
+                "eat_mask_and_targets"):
         p = out / "figures" / f"{png}.png"
         assert p.is_file() and p.stat().st_size > 5000, png
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res["precision"]["name"] == res["precision"]["evaluation"] == "fp32"  # 64 wide: auto gives fp32
+    assert "upstream arithmetic: precision: float32" in md
+
+    # accuracy against pretraining updates: the test recipe keeps the checkpoint at 1/2 of the 6 updates (3) and
+    # evaluates it with head seeds 0,1; update 0 is the random-init twin, update 6 the last checkpoint
+    rows = {r["upstream"]: r for r in res["rows"]}
+    curve = res["accuracy_vs_updates"]
+    for m in ("mae_ast", "eat", "ssast"):
+        pts = [r for r in curve if r["method"] == m]
+        assert [(r["updates"], r["upstream"], r["init"]) for r in pts] == [
+            (0, f"random:{m}", "random init"), (3, f"{m}@3", "pretrained"), (6, m, "pretrained")]
+        assert pts[0]["mean"] == rows[f"random:{m}"]["mean"] and pts[2]["mean"] == rows[m]["mean"]
+        assert [r["seeds"] for r in pts] == ["0,1,2", "0,1", "0,1,2"] and len(pts[1]["values"]) == 2
+        assert 0.0 <= pts[1]["mean"] <= 1.0 and pts[1]["fraction"] == 0.5
+        # the pretraining clock at the save of update 3 lies between the start and the end of that pretraining
+        assert 0 < pts[1]["pretraining_seconds"] <= pts[2]["pretraining_seconds"]
+        title = {"mae_ast": "MAE-AST (patch)", "eat": "EAT", "ssast": "SSAST (patch)"}[m]
+        assert f"| {title} | 3 | 50 %, " in md and f"| {title} | 0 | random init | 0,1,2 |" in md
+        # the kept checkpoint is the model after exactly 3 updates: fairseq's update count and the optimizer's own
+        # step counters (every Adam parameter state) say 3, and its weights are not the last ones
+        point = res["pretraining"][m]["points"][0]
+        assert point["updates"] == 3 and os.path.isfile(point["checkpoint"])
+        assert _optimizer_steps(point["checkpoint"]) == {3}
+        assert _optimizer_steps(res["pretraining"][m]["checkpoint"]) == {6}
+        evals = json.loads((out / "eval" / f"{m}@3.json").read_text())
+        assert evals["test"]["upstream"].endswith(os.path.basename(point["checkpoint"]))
+        mid, last = (_weights(p) for p in (point["checkpoint"], res["pretraining"][m]["checkpoint"]))
+        assert mid.keys() == last.keys() and any(not (mid[k] == last[k]).all() for k in mid)
+        # the saves between the points are removed: left are the point's file and the last update's two names
+        names = os.listdir(out / "checkpoints" / m)
+        assert sorted(int(n.split("_")[2][:-3]) for n in names if n != "checkpoint_last.pt") == [3, 6], names
+
+
+def _optimizer_steps(path):
+    """Every ``step`` counter in a fairseq checkpoint's optimizer state (composite optimizers included)."""
+    from maeast_fairseq.checkpoint import read_fairseq_file
+    steps = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "step":
+                    steps.add(int(v))
+                else:
+                    walk(v)
+    walk(read_fairseq_file(path)["last_optimizer_state"])
+    return steps
+
+
+def _weights(path):
+    from maeast_fairseq.checkpoint import read_fairseq_file
+    return {k: v for k, v in read_fairseq_file(path)["model"].items() if v.is_floating_point()}
 
 
 def _fake_kits(root, kits, seed=0):
@@ -196,6 +249,85 @@ def test_parse_train_line():
     assert rec["num_updates"] == 2000 and rec["loss"] == pytest.approx(4.5997) and rec["frame_loss"] > 3
     assert parse_train_line("[train][INFO] - {\"loss\": 1}") is None
 
+
+
+def test_curve_updates_from_the_recipe_fractions():
+    from maeast_fairseq.demo.pipeline import RECIPES, Recipe, curve_updates
+
+    full = RECIPES["full"]
+    assert {m: curve_updates(full, m) for m in full.updates} == {"mae_ast": [1500, 3000], "eat": [500, 1000],
+                                                                 "ssast": [375, 750]}
+    assert curve_updates(RECIPES["test"], "eat") == [3]
+    # rounded, merged, and never 0 or the last update (those are the twin and the last checkpoint)
+    r = Recipe("r", 1.0, updates={"m": 10}, curve_fractions=(0.01, 0.26, 0.3, 0.99))
+    assert curve_updates(r, "m") == [3]
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        curve_updates(Recipe("r", 1.0, updates={"m": 10}, curve_fractions=(0.5, 1.0)), "m")
+
+
+def test_a_point_saved_only_as_checkpoint_last_is_copied_at_once(tmp_path):
+    """fairseq writes no checkpoint_<epoch>_<update>.pt when the update ends an epoch, only checkpoint_last.pt (which
+    the next save overwrites): the point's model is copied under the interval name as soon as the save is logged."""
+    from maeast_fairseq.demo.pipeline import note_saved
+
+    last, interval = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_3_60.pt"
+    last.write_bytes(b"model after 120 updates")
+    interval.write_bytes(b"model after 60 updates")
+    saved = {}
+    line = "[2026-01-01 00:00:00,000][fairseq.checkpoint_utils][INFO] - Saved checkpoint {} (epoch {} @ {} updates, " \
+           "score None) (writing took 0.05 seconds)"
+    note_saved(line.format(interval, 3, 60), [60, 120], saved, 12.34)
+    assert saved == {60: {"updates": 60, "checkpoint": str(interval), "seconds": 12.3}}
+    note_saved(line.format(last, 5, 120), [60, 120], saved, 20.0)  # the epoch-ending point
+    assert saved[120]["checkpoint"] == str(tmp_path / "checkpoint_5_120.pt")
+    assert (tmp_path / "checkpoint_5_120.pt").read_bytes() == b"model after 120 updates"
+    last.write_bytes(b"model after 180 updates")  # the next save does not touch the copy
+    assert (tmp_path / "checkpoint_5_120.pt").read_bytes() == b"model after 120 updates"
+    note_saved(line.format(last, 7, 180), [60, 120], saved, 30.0)  # not a point; nor are other log lines
+    note_saved("[train_inner] {\"num_updates\": \"60\"}", [60, 120], saved, 30.0)
+    assert sorted(saved) == [60, 120] and len(list(tmp_path.iterdir())) == 3
+
+
+def test_run_jobs_starts_a_job_after_its_dependency_and_never_more_than_the_slots():
+    import threading
+    import time
+
+    from maeast_fairseq.demo.pipeline import Job, run_jobs
+
+    lock, events, busy = threading.Lock(), [], [0, 0]  # (running now, most at once)
+
+    def work(name, seconds, dep=None):
+        with lock:
+            events.append(("start", name))
+            busy[0] += 1
+            busy[1] = max(busy)
+        time.sleep(seconds)
+        with lock:
+            events.append(("end", name))
+            busy[0] -= 1
+        return name if dep is None else f"{name}({dep})"
+
+    jobs = [Job("p1", lambda: work("p1", 0.8)), Job("p2", lambda: work("p2", 0.05)),
+            Job("p3", lambda: work("p3", 0.05)),
+            Job("e1", lambda r: work("e1", 0.01, r), after="p1"), Job("e2", lambda r: work("e2", 0.01, r), after="p2"),
+            Job("free", lambda: work("free", 0.01))]
+    out = run_jobs(jobs, 2)
+    assert out == {"p1": "p1", "p2": "p2", "p3": "p3", "e1": "e1(p1)", "e2": "e2(p2)", "free": "free"}
+    assert busy[1] == 2
+    order = [e for e in events if e[0] == "start"]
+    assert order[:3] == [("start", "p1"), ("start", "p2"), ("start", "p3")]  # list order when ready: p3 before e2
+    assert events.index(("end", "p1")) < events.index(("start", "e1"))
+    assert events.index(("end", "p2")) < events.index(("start", "e2"))
+    assert events.index(("start", "e2")) < events.index(("end", "p1"))  # e2 did not wait for the long p1
+
+    def boom():
+        raise RuntimeError("pretraining failed")
+    ran = []
+    with pytest.raises(RuntimeError, match="pretraining failed"):
+        run_jobs([Job("a", boom), Job("b", lambda r: ran.append(r), after="a")], 2)
+    assert ran == []
+    with pytest.raises(ValueError, match="unknown dependencies"):
+        run_jobs([Job("a", boom, after="nope")], 2)
 
 def _sf2(path, samples, rate=22050):
     """A minimal SoundFont 2 file: one smpl pool, shdr records (name, start, end, rate, type) + the EOS record."""

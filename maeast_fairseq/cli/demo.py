@@ -12,7 +12,9 @@
    the tiny configs widened to 128 x 4 layers, two pretrainings at a time; ~18 min for everything on 2 CPU cores,
    ``QUICK=1`` / ``--quick`` ~5 min);
 4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 5 head seeds, in every fold)
-   of every pretrained model, its random-init twin and a log-mel baseline;
+   of every pretrained model, its random-init twin, its checkpoints at 1/4 and 1/2 of its updates (accuracy against
+   pretraining updates; 3 head seeds) and a log-mel baseline; each evaluation starts as soon as its pretraining is
+   done;
 5. ``results.md``, ``results.json`` and PNG figures in ``--out`` (default ``runs/demo``).
 
 These are small-data CPU figures: they are not comparable to the papers' numbers.
@@ -250,12 +252,16 @@ def _fmt(t: dict) -> str:
     return f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}"
 
 
-def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recipe, wall: float) -> dict:
+def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recipe, wall: float,
+                  precision=None) -> dict:
     ds = info["downstream"]
     any_eval = next(iter(evals.values()))
     protocol = any_eval["protocol"]
+    curve = P.curve_table(runs, evals)
     rows = []
     for name, res in evals.items():
+        if "@" in name:  # an intermediate checkpoint: the accuracy-against-updates table
+            continue
         method = name.split(":")[-1]
         kind = "logmel" if name == "logmel" else ("random init" if name.startswith("random:") else "pretrained")
         t = res["test"]
@@ -283,6 +289,10 @@ def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recip
         "protocol": protocol, "chance": chance, "rows": rows, "verdicts": verdicts,
         "leak_check": info.get("leak_check"),
         "pretraining": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in runs.items()},
+        "accuracy_vs_updates": curve,
+        "precision": None if precision is None else {"name": precision.name, "describe": precision.describe(),
+                                                     "evaluation": any_eval.get("features", {}).get("precision")},
+        "evaluation_seconds": {name: res.get("_seconds") for name, res in evals.items()},
     }
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -313,7 +323,10 @@ def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recip
     L += [f"- protocol: {protocol}; lr picked {where} from {recipe.lr_sweep}; {recipe.head_steps} head steps; "
           f"head seeds {recipe.seeds}; {what}, mean ± std over head seeds"
           + (f"; chance (majority class) {100 * chance:.1f}%" if chance is not None else ""),
-          f"- whole demo wall time: {wall / 60:.1f} min (recipe `{recipe.name}`)", "",
+          f"- whole demo wall time: {wall / 60:.1f} min (recipe `{recipe.name}`)"]
+    if precision is not None:
+        L.append(f"- upstream arithmetic: {precision.describe()}")
+    L += ["",
           "| method | init | test accuracy (%) | pretraining |", "|---|---|---|---|"]
     for r in rows:
         pt = (f"{r['pretraining_updates']} updates, {r['pretraining_seconds'] / 60:.1f} min CPU"
@@ -324,7 +337,21 @@ def write_results(out: str, info: dict, runs: dict, evals: dict, recipe: P.Recip
         L.append(f"- {P.TITLES[m]}: {100 * v['pretrained']:.1f} vs {100 * v['random']:.1f} "
                  f"(gap {100 * v['gap']:+.1f}, seed spread {100 * v['seed_spread']:.1f}) -> "
                  f"{'beats it by more than the spread' if v['beats_random_by_more_than_spread'] else 'NOT clearly better'}")
-    figs = ["loss_curves"] + [f"{m}_reconstruction" for m in ("mae_ast", "ssast") if m in runs] \
+    if any(r["updates"] not in (0, runs[r["method"]]["updates"]) for r in curve):
+        seeds = sorted({r["seeds"] for r in curve if r["seeds"]})
+        L += ["", "Accuracy against pretraining updates (checkpoints of the same run: the learning-rate schedule"
+              + (" and EAT's teacher EMA anneal" if "eat" in runs else "") + " span all the updates; update 0 is the "
+              "random-init twin; `figures/accuracy_vs_updates.png`):", "",
+              "| method | updates | pretraining | head seeds | test accuracy (%) |", "|---|---|---|---|---|"]
+        for r in curve:
+            pt = ("random init" if r["updates"] == 0
+                  else f"{100 * r['fraction']:.0f} %, {r['pretraining_seconds'] / 60:.1f} min CPU")
+            L.append(f"| {r['title']} | {r['updates']} | {pt} | {r['seeds']} | {_fmt(r)} |")
+        if len(seeds) > 1:
+            L += ["", "Fewer head seeds for the intermediate checkpoints (time); their ± is the spread over those "
+                  "seeds."]
+    figs = ["loss_curves"] + (["accuracy_vs_updates"] if curve else []) \
+        + [f"{m}_reconstruction" for m in ("mae_ast", "ssast") if m in runs] \
         + (["eat_mask_and_targets"] if "eat" in runs else [])
     L += ["", "Figures: " + ", ".join(f"`figures/{f}.png`" for f in figs) + ".", ""]
     with open(os.path.join(out, "results.md"), "w") as f:
@@ -352,17 +379,16 @@ def main(argv=None) -> int:
     os.makedirs(os.path.join(out, "figures"), exist_ok=True)
     t0 = time.time()
     print(f"maeast-fairseq demo (recipe {recipe.name}); outputs in {out}", flush=True)
+    from maeast_fairseq.precision import resolve_precision
+    # what maeast-evaluate's --precision auto picks for these models (the pretrainings run in float32)
+    prec = resolve_precision("auto", "cpu", width=P.model_width(recipe, methods))
+    print(f"   {prec.describe()}", flush=True)
 
     info = get_data(args, out, recipe)
     P.step("corpus log-mel statistics (maeast-stats) for SSAST / EAT's dataset normalisation")
     stats = P.corpus_stats(info["pretrain"]["manifest"], out, recipe.stats_clips)
 
-    runs = P.pretrain_all(methods, info["pretrain"]["manifest"], out, recipe, stats)
-
-    data = info["downstream"]["data"]
-    ups = [(m, runs[m]["checkpoint"]) for m in methods] + [(f"random:{m}", f"random:{runs[m]['checkpoint']}")
-                                                          for m in methods] + [("logmel", "logmel")]
-    evals = P.evaluate_all(ups, data, out, recipe)
+    runs, evals = P.run_all(methods, info["pretrain"]["manifest"], info["downstream"]["data"], out, recipe, stats)
 
     P.step("figures")
     from maeast_fairseq.audio import load_audio
@@ -370,6 +396,10 @@ def main(argv=None) -> int:
     from maeast_fairseq.demo import plots
     figs = os.path.join(out, "figures")
     print("   " + plots.loss_curves(runs, os.path.join(figs, "loss_curves.png"), P.TITLES), flush=True)
+    curve = P.curve_table(runs, evals)
+    if curve:
+        print("   " + plots.accuracy_vs_updates(curve, os.path.join(figs, "accuracy_vs_updates.png"),
+                                                baseline=evals["logmel"]["test"]), flush=True)
     _, entries = read_manifest(os.path.join(info["pretrain"]["manifest"], "valid.tsv"))
     # the figures' clip: a long speech piece when there is one (the most readable spectrogram), else the longest
     entries = sorted(entries, key=lambda e: ("fillets" not in e.path, -e.num_samples))
@@ -390,7 +420,7 @@ def main(argv=None) -> int:
               flush=True)
 
     wall = time.time() - t0
-    summary = write_results(out, info, runs, evals, recipe, wall)
+    summary = write_results(out, info, runs, evals, recipe, wall, precision=prec)
     P.step(f"done in {wall / 60:.1f} min: {out}/results.md, results.json, figures/*.png")
     print(open(os.path.join(out, "results.md")).read(), flush=True)
     return 0 if summary else 1

@@ -1,9 +1,10 @@
-"""The demo's figures (matplotlib, Agg backend): loss curves, MAE-AST / SSAST spectrogram + mask + reconstruction,
-EAT's inverse block mask and the teacher/student statistics over training."""
+"""The demo's figures (matplotlib, Agg backend): loss curves, downstream accuracy against pretraining updates,
+MAE-AST / SSAST spectrogram + mask + reconstruction, EAT's inverse block mask and the teacher/student statistics over
+training."""
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -44,6 +45,52 @@ def loss_curves(runs: Dict[str, Dict], path: str, titles: Dict[str, str]) -> str
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_updates(rows: List[Dict], path: str, baseline: Optional[Dict] = None) -> str:
+    """One panel per method: downstream test accuracy against pretraining updates.
+
+    ``rows``: :func:`maeast_fairseq.demo.pipeline.curve_table` (``method``, ``title``, ``updates``, ``mean``, ``std``,
+    ``pretraining_seconds``, ``seeds``); update 0 is the random-init twin. The line is the mean, the band and bars
+    +- the std over head seeds; a dotted line carries the twin's level across the panel (where the curve crosses it,
+    pretraining starts to pay) and a dashed line with its band is ``baseline`` (``mean``, ``std``: the log-mel
+    features). Tick labels: the update counts and the pretraining minutes at them."""
+    plt = _plt()
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if not methods:
+        raise ValueError("accuracy_vs_updates: no rows to draw")
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.9), squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["updates"])
+        u = np.array([r["updates"] for r in pts], dtype=float)
+        m = 100 * np.array([r["mean"] for r in pts])
+        sd = 100 * np.array([r["std"] for r in pts])
+        if baseline is not None:
+            b, bs = 100 * baseline["mean"], 100 * baseline["std"]
+            ax.axhspan(b - bs, b + bs, color="gray", alpha=0.12, lw=0)
+            ax.axhline(b, color="gray", ls="--", lw=1.2, label="log-mel + linear (± seed std)")
+        ax.fill_between(u, m - sd, m + sd, color="C0", alpha=0.2, lw=0)
+        ax.errorbar(u, m, yerr=sd, fmt="o-", color="C0", ms=4, capsize=3,
+                    label="pretrained checkpoints (mean ± head-seed std)")
+        if pts[0]["updates"] == 0:
+            ax.axhline(m[0], color="C1", ls=":", lw=1.2, label="random-init twin's level")
+            ax.plot([0], [m[0]], "s", color="C1", ms=7, label="random-init twin (update 0)", zorder=5)
+        ax.set_xticks(u, ["0\nrandom init" if x == 0 else f"{int(x)}\n{r['pretraining_seconds'] / 60:.1f} min"
+                          for x, r in zip(u, pts)], fontsize=7)
+        seeds = [r["seeds"] for r in pts if r.get("seeds")]
+        inner = {r["seeds"] for r in pts[1:-1] if r.get("seeds")}
+        note = f" (head seeds {' / '.join(sorted(inner))} between)" if inner and inner != {seeds[-1]} else ""
+        ax.set_title(pts[0].get("title", method) + note, fontsize=9)
+        ax.set_xlabel("pretraining updates (CPU minutes at that update)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"test {rows[0].get('metric', 'accuracy')} (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

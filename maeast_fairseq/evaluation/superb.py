@@ -307,9 +307,11 @@ class _HeadStack:
 
     @torch.no_grad()
     def step(self, grad_clip: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        # in place, one temporary per parameter: the stacked weights are MBs, and every fresh MB-sized tensor per
+        # step costs more in allocation (page faults) than the arithmetic (a full evaluation: 233 s -> 125 s)
         grads = {n: p.grad for n, p in self.params.items()}
         if grad_clip > 0:
-            norm = torch.sqrt(sum(g.pow(2).flatten(1).sum(1) for g in grads.values()))  # (S,)
+            norm = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads.values()]).norm(dim=0)
             coef = torch.clamp(grad_clip / (norm + 1e-6), max=1.0)
             for g in grads.values():
                 g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
@@ -321,9 +323,9 @@ class _HeadStack:
             m, v = self.exp_avg[n], self.exp_avg_sq[n]
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-            lr = (self.lr / bc1).view(-1, *([1] * (p.dim() - 1)))
-            p.sub_(lr * m / denom)
+            upd = v.sqrt().div_(math.sqrt(bc2)).add_(eps)  # denominator, then the update, in one buffer
+            torch.div(m, upd, out=upd).mul_((self.lr / bc1).view(-1, *([1] * (p.dim() - 1))))
+            p.sub_(upd)
             p.grad = None
 
     def state(self, s: int) -> Dict[str, torch.Tensor]:
