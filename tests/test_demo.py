@@ -255,7 +255,7 @@ def test_curve_updates_from_the_recipe_fractions():
     from maeast_fairseq.demo.pipeline import RECIPES, Recipe, curve_updates
 
     full = RECIPES["full"]
-    assert {m: curve_updates(full, m) for m in full.updates} == {"mae_ast": [1500, 3000], "eat": [500, 1000],
+    assert {m: curve_updates(full, m) for m in full.updates} == {"mae_ast": [750, 1500], "eat": [250, 500],
                                                                  "ssast": [375, 750]}
     assert curve_updates(RECIPES["test"], "eat") == [3]
     # rounded, merged, and never 0 or the last update (those are the twin and the last checkpoint)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -262,6 +262,17 @@ class _HeadStack:
         self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
         self.t = 0
+        # runs of one lr are consecutive (run_protocol orders them lr-major): each such block of the stacked tensors
+        # is updated by torch's fused Adam kernel in one pass (views of the stack), when this torch has it
+        self.lr_blocks: List[Tuple[float, slice]] = []
+        for i, v in enumerate(float(x) for x in lrs):
+            if self.lr_blocks and self.lr_blocks[-1][0] == v:
+                self.lr_blocks[-1] = (v, slice(self.lr_blocks[-1][1].start, i + 1))
+            else:
+                self.lr_blocks.append((v, slice(i, i + 1)))
+        fused = getattr(torch, "_fused_adam_", None)
+        self._fused = fused if fused is not None and device.type in ("cpu", "cuda") else None
+        self._steps = [[torch.zeros((), device=device) for _ in self.params] for _ in self.lr_blocks]
         if self.protocol == "hear-mlp":
             body = models[0].head.body
             self.blocks = [(f"head.body.{i}", f"head.body.{i + 1}", body[i + 2].p, body[i + 1].eps,
@@ -317,6 +328,17 @@ class _HeadStack:
                 g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
         self.t += 1
         b1, b2 = betas
+        if self._fused is not None:  # one pass over each parameter block (PyTorch's Adam update, per-block lr)
+            names = list(self.params)
+            for (lr, block), steps in zip(self.lr_blocks, self._steps):
+                torch._foreach_add_(steps, 1.0)
+                self._fused([self.params[n][block] for n in names], [grads[n][block] for n in names],
+                            [self.exp_avg[n][block] for n in names], [self.exp_avg_sq[n][block] for n in names], [],
+                            steps, lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps, amsgrad=False,
+                            maximize=False)
+            for p in self.params.values():
+                p.grad = None
+            return
         bc1, bc2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for n, p in self.params.items():
             g = grads[n]

@@ -11,6 +11,7 @@ from omegaconf import II, MISSING
 
 from ..data.fbank_dataset import FbankDataset
 from ..frontend import Frontend, FrontendConfig
+from ..precision import resolve_precision
 from .base import AudioTask, resolve_data_folder, split_manifest
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class PretrainingTask(AudioTask):
         if enabled:
             x = sample["net_input"]["fbank"]
             device = x.device.type
+            if getattr(self, "_precision_said", None) != device:  # once per device: what bf16 means here
+                self._precision_said = device
+                prec = resolve_precision("bf16", device)
+                (logger.info if prec.support.native else logger.warning)(
+                    f"task.autocast_bf16: {prec.describe()}")
         return torch.autocast(device, dtype=torch.bfloat16, enabled=enabled)
 
     def begin_valid_epoch(self, epoch, model):
