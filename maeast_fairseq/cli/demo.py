@@ -10,7 +10,7 @@
    leak check (no drum clip's recording is in the pretraining audio or in another fold);
 3. corpus log-mel statistics (maeast-stats), then small MAE-AST, EAT and SSAST pretrainings (fairseq-hydra-train,
    the tiny configs widened to 128 x 4 layers, two jobs at a time; ~18 min for everything on 2 CPU cores,
-   ``QUICK=1`` / ``--quick`` ~5 min);
+   ``QUICK=1`` / ``--quick`` ~6 min);
 4. SUPERB-style frozen evaluation (maeast-evaluate: weighted layer sum, linear head, 5 head seeds, in every fold)
    of every pretrained model, its random-init twin, its checkpoints at 1/4 and 1/2 of its updates (accuracy against
    pretraining updates; 3 head seeds) and a log-mel baseline; each evaluation starts as soon as its pretraining is
