@@ -338,11 +338,11 @@ def environment(device: str) -> dict:
 
     from maeast_fairseq.precision import bf16_support, cpu_flags, cpu_model_name
 
-    flags = cpu_flags()
+    flags, sup = cpu_flags(), bf16_support(device)
     env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
            "processor": platform.processor(), "cpu_model": cpu_model_name(), "cpu_count": os.cpu_count(),
            "cpu_flags": [f for f in CPU_FLAGS_OF_INTEREST if f in flags],
-           "bf16_support": bf16_support(device).detail, "bf16_native": bf16_support(device).native,
+           "bf16_support": sup.detail, "bf16_native": sup.native,
            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     try:

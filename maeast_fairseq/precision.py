@@ -39,28 +39,28 @@ AUTO_MIN_WIDTH = 384
 _BF16_CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16"}
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset:
-    """The CPU feature flags of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
+@functools.cache
+def _cpuinfo(key: str) -> Optional[str]:
+    """The value of ``key`` for the first processor in ``/proc/cpuinfo`` (None where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_flags() -> frozenset:
+    """The CPU feature flags of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_model_name() -> str:
+    name = _cpuinfo("model name")
+    if name:
+        return name
     import platform
 
     return platform.processor() or "unknown CPU"
